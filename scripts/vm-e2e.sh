@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Real-kernel end-to-end tests: boot Debian's kernel under qemu (TCG) with a busybox initramfs,
+# the release agent and the stand-in proxy, and run scenarios from scripts/vm/scenarios/ that
+# assert from the kernel's own cgroup files.
+#
+#   scripts/vm-e2e.sh [--separate] [--verbose] [SCENARIO...]   (default: every scenario)
+#   scripts/vm-e2e.sh --list
+#
+# All named scenarios run one after another in one boot (teardown between them); --separate
+# boots once per scenario. Prints PASS/FAIL per scenario and "N passed, M failed"; exits non-zero
+# when any failed. Console logs: $SG_VM_CACHE/logs/. See scripts/vm/host.sh for the environment.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=scripts/vm/host.sh
+. "$here/vm/host.sh"
+
+usage() { sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+
+separate=0
+verbose=
+scenarios=()
+while (($#)); do
+	case $1 in
+	--separate) separate=1 ;;
+	--verbose) verbose=1 ;;
+	--list)
+		for f in "$SG_VM_DIR"/scenarios/*.sh; do basename "$f" .sh; done
+		exit 0
+		;;
+	-h | --help)
+		usage
+		exit 0
+		;;
+	-*) sg_host_die "unknown option $1" ;;
+	*) scenarios+=("$1") ;;
+	esac
+	shift
+done
+if ((${#scenarios[@]} == 0)); then
+	for f in "$SG_VM_DIR"/scenarios/*.sh; do scenarios+=("$(basename "$f" .sh)"); done
+fi
+for s in "${scenarios[@]}"; do
+	[[ -f $SG_VM_DIR/scenarios/$s.sh ]] || sg_host_die "no scenario $s (scripts/vm-e2e.sh --list)"
+done
+
+# Per-scenario limit inside the VM, and the whole boot's limit on the host.
+per_scenario=${SG_VM_SCENARIO_TIMEOUT:-240}
+
+sg_host_require
+sg_host_kernel
+sg_host_build
+initrd=$SG_VM_CACHE/initramfs-e2e.cpio.gz
+sg_host_initramfs "$initrd"
+sg_host_log "initramfs: $initrd ($(du -h "$initrd" | cut -f1))"
+
+stamp=$(date +%Y%m%d-%H%M%S)
+logs=()
+boot() {
+	local list=$1 n=$2 log
+	log=$SG_VM_CACHE/logs/$stamp-${list//,/+}.log
+	if ((${#log} > 200)); then log=$SG_VM_CACHE/logs/$stamp-all.log; fi
+	logs+=("$log")
+	local rc=0
+	sg_host_boot "$initrd" "$log" $((90 + n * (per_scenario + 15))) \
+		"sg.scenarios=$list" "sg.timeout=$per_scenario" ${verbose:+sg.verbose=1} || rc=$?
+	if ((rc != 0)); then sg_host_log "qemu exited with $rc (124: timed out)"; fi
+}
+
+t0=$SECONDS
+if ((separate)); then
+	for s in "${scenarios[@]}"; do boot "$s" 1; done
+else
+	boot "$(
+		IFS=,
+		echo "${scenarios[*]}"
+	)" "${#scenarios[@]}"
+fi
+elapsed=$((SECONDS - t0))
+
+# Results from the markers on the console.
+passed=0
+failed=0
+echo
+echo "=== VM scenarios (${elapsed}s, logs: ${logs[*]})"
+for s in "${scenarios[@]}"; do
+	line=$(cat "${logs[@]}" | grep -a "^SCENARIO-RESULT $s " | tail -n 1 || true)
+	if [[ $line == "SCENARIO-RESULT $s PASS"* ]]; then
+		passed=$((passed + 1))
+		echo "PASS $s ${line#SCENARIO-RESULT "$s" PASS }"
+	elif [[ -n $line ]]; then
+		failed=$((failed + 1))
+		echo "FAIL $s ${line#SCENARIO-RESULT "$s" FAIL }"
+	else
+		failed=$((failed + 1))
+		echo "FAIL $s no result on the console (VM timed out or crashed)"
+	fi
+done
+echo "$passed passed, $failed failed"
+((failed == 0))

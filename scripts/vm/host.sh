@@ -1,0 +1,148 @@
+# shellcheck shell=bash
+# Host side of the real-kernel VM: fetch Debian's kernel, build the binaries and the initramfs,
+# boot qemu (TCG) with a timeout. Sourced by scripts/vm-e2e.sh and scripts/demo.sh.
+#
+# Environment:
+#   SG_VM_CACHE    cache directory (default <repo>/.vm-cache): the kernel, the initramfs, logs
+#   SG_VM_KERNEL   a vmlinuz to boot instead of Debian's linux-image-amd64
+#   SG_VM_NO_BUILD set to 1 to skip `cargo build --release` (use the binaries already built)
+#   SG_VM_MEM      guest memory in MiB (default 1024)
+#   SG_VM_SMP      guest CPUs (default 2)
+
+SG_REPO=${SG_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+SG_VM_CACHE=${SG_VM_CACHE:-$SG_REPO/.vm-cache}
+SG_VM_DIR=$SG_REPO/scripts/vm
+
+sg_host_log() { printf '[vm] %s\n' "$*" >&2; }
+sg_host_die() {
+	printf '[vm] error: %s\n' "$*" >&2
+	exit 2
+}
+
+# The tools the harness needs on the host.
+sg_host_require() {
+	local missing=()
+	local t
+	for t in qemu-system-x86_64 busybox cpio gzip apt-get dpkg-deb ldd timeout cargo; do
+		command -v "$t" >/dev/null || missing+=("$t")
+	done
+	if ((${#missing[@]})); then
+		sg_host_die "missing tools: ${missing[*]} (apt-get install -y --no-install-recommends qemu-system-x86 busybox-static cpio)"
+	fi
+	# A static busybox: the initramfs has no libraries for it.
+	if ldd "$(command -v busybox)" >/dev/null 2>&1; then
+		sg_host_die "busybox is dynamically linked: install busybox-static"
+	fi
+}
+
+# Sets SG_KERNEL to a vmlinuz: $SG_VM_KERNEL, else the cached one, else Debian's
+# linux-image-amd64 dependency, downloaded with apt-get and unpacked with dpkg-deb.
+sg_host_kernel() {
+	if [[ -n ${SG_VM_KERNEL:-} ]]; then
+		SG_KERNEL=$SG_VM_KERNEL
+		[[ -f $SG_KERNEL ]] || sg_host_die "SG_VM_KERNEL=$SG_KERNEL does not exist"
+		return
+	fi
+	local cached
+	cached=$( (find "$SG_VM_CACHE/kernel" -path '*/boot/vmlinuz-*' -type f 2>/dev/null || true) | sort -V | tail -n 1)
+	if [[ -n $cached ]]; then
+		SG_KERNEL=$cached
+		return
+	fi
+	local pkg
+	pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }')
+	if [[ -z $pkg ]]; then
+		sg_host_log "apt-cache knows no linux-image-amd64: running apt-get update"
+		apt-get update -qq >&2
+		pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
+	fi
+	[[ -n $pkg ]] || sg_host_die "cannot resolve linux-image-amd64"
+	sg_host_log "downloading $pkg"
+	local tmp
+	tmp=$(mktemp -d)
+	chmod 0755 "$tmp"
+	(cd "$tmp" && apt-get download -q "$pkg" >&2) || sg_host_die "apt-get download $pkg failed"
+	mkdir -p "$SG_VM_CACHE/kernel/$pkg"
+	dpkg-deb --fsys-tarfile "$tmp"/"$pkg"_*.deb | tar -x -C "$SG_VM_CACHE/kernel/$pkg" ./boot
+	rm -rf "$tmp"
+	SG_KERNEL=$(find "$SG_VM_CACHE/kernel/$pkg" -path '*/boot/vmlinuz-*' -type f | head -n 1)
+	[[ -n $SG_KERNEL ]] || sg_host_die "no vmlinuz in $pkg"
+	sg_host_log "kernel: $SG_KERNEL"
+}
+
+# Build the agent and the stand-in (release).
+sg_host_build() {
+	if [[ ${SG_VM_NO_BUILD:-} == 1 ]]; then return; fi
+	sg_host_log "cargo build --release"
+	(cd "$SG_REPO" && cargo build --release --quiet && cargo build --release --quiet --example stand_in_proxy) >&2 ||
+		sg_host_die "cargo build failed"
+}
+
+# Copy a dynamic binary's libraries (as ldd lists them) and the loader into the root $1.
+sg_host_copy_libs() {
+	local root=$1 bin=$2 lib
+	ldd "$bin" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
+		[[ -e $root$lib ]] && continue
+		mkdir -p "$root$(dirname "$lib")"
+		cp -L "$lib" "$root$lib"
+	done
+}
+
+# Build the initramfs into $1 (gzip'd newc cpio). Optional $2: a directory whose files are
+# copied to /sg/scenarios/ too (the demo).
+sg_host_initramfs() {
+	local out=$1 root bb b
+	root=$(mktemp -d)
+	mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,usr/local/bin,proc,sys,dev,tmp,run,etc/sg,var/lib,sg/scenarios,lib64}
+	bb=$(command -v busybox)
+	cp "$bb" "$root/bin/busybox"
+	for b in $("$bb" --list); do
+		[[ $b == busybox ]] && continue
+		ln -sf busybox "$root/bin/$b"
+	done
+	local rel=$SG_REPO/target/release
+	[[ -x $rel/sidecar-governor ]] || sg_host_die "no $rel/sidecar-governor (cargo build --release)"
+	[[ -x $rel/examples/stand_in_proxy ]] || sg_host_die "no $rel/examples/stand_in_proxy"
+	cp "$rel/sidecar-governor" "$root/bin/sidecar-governor"
+	# The stand-in under the names the agent looks for (comm is the file name) and as an app.
+	cp "$rel/examples/stand_in_proxy" "$root/bin/envoy"
+	cp "$rel/examples/stand_in_proxy" "$root/bin/app"
+	cp "$rel/examples/stand_in_proxy" "$root/usr/local/bin/linkerd2-proxy"
+	cp "$rel/examples/stand_in_proxy" "$root/usr/local/bin/pilot-agent"
+	for b in "$rel/sidecar-governor" "$rel/examples/stand_in_proxy"; do
+		sg_host_copy_libs "$root" "$b"
+	done
+	cp "$SG_VM_DIR/init" "$root/init"
+	cp "$SG_VM_DIR/lib.sh" "$SG_VM_DIR/run.sh" "$root/sg/"
+	cp "$SG_VM_DIR"/scenarios/*.sh "$root/sg/scenarios/"
+	if [[ -n ${2:-} ]]; then cp "$2"/*.sh "$root/sg/scenarios/"; fi
+	chmod +x "$root/init" "$root"/sg/*.sh "$root"/sg/scenarios/*.sh
+	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
+	printf 'root:x:0:\n' >"$root/etc/group"
+	printf '127.0.0.1 localhost sg-vm\n' >"$root/etc/hosts"
+	mkdir -p "$(dirname "$out")"
+	(cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --quiet -o -H newc -0 -R 0:0) | gzip -1 >"$out"
+	rm -rf "$root"
+}
+
+# sg_host_boot INITRD LOG TIMEOUT_SECONDS KERNEL_ARGS...: boot, echo the serial console to
+# stdout and into LOG. Returns qemu's exit status (124 on timeout).
+sg_host_boot() {
+	local initrd=$1 log=$2 limit=$3
+	shift 3
+	local append="console=ttyS0 panic=-1 psi=1 quiet loglevel=3 rdinit=/init $*"
+	sg_host_log "booting $(basename "$SG_KERNEL") (TCG, timeout ${limit}s): $*"
+	mkdir -p "$(dirname "$log")"
+	{
+		local qrc=0
+		timeout -k 10 "$limit" qemu-system-x86_64 \
+			-accel tcg,thread=multi -cpu max -m "${SG_VM_MEM:-1024}" -smp "${SG_VM_SMP:-2}" \
+			-nographic -no-reboot -nic none \
+			-kernel "$SG_KERNEL" -initrd "$initrd" -append "$append" </dev/null 2>&1 || qrc=$?
+		echo "$qrc" >"$log.rc"
+	} | tr -d '\r' | tee "$log"
+	local rc
+	rc=$(cat "$log.rc")
+	rm -f "$log.rc"
+	return "$rc"
+}
