@@ -1,0 +1,598 @@
+//! The agent: one control loop that ties discovery, the sampler, the controller, the actuator
+//! and the journal together, tick by tick. [`Agent::tick`] takes the time as an argument so
+//! tests drive it on fixture trees; [`Agent::run`] is the real loop on its own thread, woken by
+//! the interval or by a [`Command`] (stop, new policy).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::actuator::{self, RestoreReport};
+use crate::cgroup::{CgroupError, CpuMax};
+use crate::controller::{CpuBounds, CpuObservation, CpuState, Reason, decide_cpu};
+use crate::discovery::{Discovery, Proxy};
+use crate::journal::{Entry, Journal, JournalError};
+use crate::metrics::ProxyLabels;
+use crate::policy::Policy;
+use crate::quantity::format_cpu_millis;
+use crate::sampler::{ProxyFiles, RawSample, cpu_observation};
+use crate::server::{ActionView, ProxyView, Shared, now_unix};
+
+/// What the control loop can be told.
+#[derive(Debug)]
+pub enum Command {
+    /// Stop: restore (if the policy says so) and return.
+    Stop,
+    /// Apply a new, validated policy from the next tick on.
+    Policy(Box<Policy>),
+}
+
+/// One governed proxy and the loop's memory of it.
+#[derive(Debug)]
+struct Governed {
+    proxy: Proxy,
+    labels: ProxyLabels,
+    files: ProxyFiles,
+    prev: Option<RawSample>,
+    cpu: CpuState,
+    /// `cpu.max` before the agent's first write (from the journal after a restart).
+    original: CpuMax,
+    /// What the agent last wrote and the kernel confirmed; `None` while untouched.
+    written: Option<CpuMax>,
+    /// Dry run: the quota decisions would have set.
+    planned_millis: Option<u64>,
+    backoff_until: Option<Instant>,
+    failing: bool,
+    last_obs: Option<CpuObservation>,
+    last_action: Option<ActionView>,
+}
+
+/// Outcome of stopping the agent.
+#[derive(Debug)]
+pub struct Shutdown {
+    pub restore: Option<RestoreReport>,
+}
+
+/// The node agent.
+#[derive(Debug)]
+pub struct Agent {
+    cgroup_root: PathBuf,
+    policy: Policy,
+    dry_run_flag: bool,
+    discovery: Box<dyn DiscoveryDebug>,
+    governed: BTreeMap<String, Governed>,
+    journal: Journal,
+    shared: Arc<Shared>,
+    last_scan: Option<Instant>,
+    buf: Vec<u8>,
+}
+
+/// `Discovery` plus `Debug`, so the agent can derive `Debug`.
+pub trait DiscoveryDebug: Discovery + std::fmt::Debug {}
+impl<T: Discovery + std::fmt::Debug> DiscoveryDebug for T {}
+
+fn labels_of(p: &Proxy) -> ProxyLabels {
+    ProxyLabels {
+        namespace: p.namespace.clone(),
+        pod: p.pod.clone(),
+        container: p.container.clone(),
+        pod_uid: p.pod_uid.clone(),
+        container_id: p.container_id.clone(),
+    }
+}
+
+impl Agent {
+    /// An agent over `cgroup_root` with its journal already loaded (the caller holds the
+    /// state directory's lock). `dry_run_flag` forces dry run whatever the policy says.
+    pub fn new(
+        cgroup_root: PathBuf,
+        policy: Policy,
+        dry_run_flag: bool,
+        discovery: Box<dyn DiscoveryDebug>,
+        journal: Journal,
+        shared: Arc<Shared>,
+    ) -> Agent {
+        let agent = Agent {
+            cgroup_root,
+            policy,
+            dry_run_flag,
+            discovery,
+            governed: BTreeMap::new(),
+            journal,
+            shared,
+            last_scan: None,
+            buf: Vec::with_capacity(4096),
+        };
+        agent.publish_mode();
+        agent
+    }
+
+    fn publish_mode(&self) {
+        let dry = self.dry_run();
+        self.shared
+            .dry_run
+            .store(dry, std::sync::atomic::Ordering::Relaxed);
+        self.shared.metrics.dry_run.set(i64::from(dry));
+        self.shared
+            .metrics
+            .set_source(self.discovery.source().as_str());
+    }
+
+    /// True when decisions are not written.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run_flag || self.policy.dry_run
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Keys of the proxies governed now.
+    pub fn governed(&self) -> Vec<String> {
+        self.governed.keys().cloned().collect()
+    }
+
+    /// Replaces the policy; bounds and thresholds apply from the next tick.
+    pub fn set_policy(&mut self, policy: Policy) {
+        info!(policy = policy.summary(), "policy applied");
+        let rescan = policy.matching != self.policy.matching;
+        self.policy = policy;
+        if rescan {
+            self.last_scan = None;
+        }
+        self.publish_mode();
+    }
+
+    /// One control tick at time `now`.
+    pub fn tick(&mut self, now: Instant) {
+        let started = Instant::now();
+        let rescan_due = self.last_scan.is_none_or(|t| {
+            now.saturating_duration_since(t) >= self.policy.matching.rescan_interval
+        });
+        if rescan_due {
+            self.rescan(now);
+        }
+        let keys: Vec<String> = self.governed.keys().cloned().collect();
+        let mut gone = Vec::new();
+        for key in keys {
+            if !self.step(&key, now) {
+                gone.push(key);
+            }
+        }
+        for key in gone {
+            self.forget(&key, false);
+        }
+        let m = &self.shared.metrics;
+        m.proxies.set(self.governed.len() as i64);
+        m.journal_entries.set(self.journal.len() as i64);
+        m.ticks.inc();
+        m.tick_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.shared.publish(self.views());
+    }
+
+    /// Runs discovery and reconciles the governed set with what it found.
+    fn rescan(&mut self, now: Instant) {
+        self.last_scan = Some(now);
+        let found = match self.discovery.discover(&self.policy.matching) {
+            Ok(found) => found,
+            Err(e) => {
+                warn!(error = %e, "discovery failed; keeping the current proxy set");
+                self.shared.metrics.error("discovery");
+                return;
+            }
+        };
+        let excluded = &self.policy.matching.exclude_namespaces;
+        let found: Vec<Proxy> = found
+            .into_iter()
+            .filter(|p| p.namespace.is_empty() || !excluded.contains(&p.namespace))
+            .collect();
+        let live: HashSet<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        let vanished: Vec<String> = self
+            .governed
+            .keys()
+            .filter(|k| !live.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for key in vanished {
+            self.forget(&key, true);
+        }
+        for proxy in found {
+            if !self.governed.contains_key(&proxy.key) {
+                self.adopt(proxy);
+            }
+        }
+        self.release_orphans();
+    }
+
+    /// Starts governing a newly found proxy.
+    fn adopt(&mut self, proxy: Proxy) {
+        let opened = ProxyFiles::open(&proxy.dir).and_then(|mut files| {
+            files
+                .sample(&mut self.buf, Instant::now())
+                .map(|s| (files, s))
+        });
+        let (files, first) = match opened {
+            Ok(v) => v,
+            Err(e) if e.is_gone() => {
+                debug!(cgroup = proxy.key, "proxy vanished while being adopted");
+                return;
+            }
+            Err(e) => {
+                warn!(cgroup = proxy.key, error = %e, "cannot read proxy cgroup; not governed");
+                self.shared.metrics.error(e.kind());
+                return;
+            }
+        };
+        let journaled = self
+            .journal
+            .get(&proxy.key)
+            .and_then(|e| crate::cgroup::parse::parse_cpu_max(&e.cpu_max).ok());
+        let (original, written) = match journaled {
+            // Restarted after changing it: the journal holds the original, the file ours.
+            Some(original) => (original, Some(first.cpu_max)),
+            None => (first.cpu_max, None),
+        };
+        info!(
+            cgroup = proxy.key,
+            pod_uid = proxy.pod_uid,
+            container_id = proxy.container_id,
+            namespace = proxy.namespace,
+            pod = proxy.pod,
+            container = proxy.container,
+            pid = proxy.pid,
+            cpu_max = %first.cpu_max,
+            original = %original,
+            "governing proxy"
+        );
+        let labels = labels_of(&proxy);
+        let governed = Governed {
+            labels,
+            files,
+            prev: None,
+            cpu: CpuState::default(),
+            original,
+            written,
+            planned_millis: None,
+            backoff_until: None,
+            failing: false,
+            last_obs: None,
+            last_action: None,
+            proxy,
+        };
+        self.governed.insert(governed.proxy.key.clone(), governed);
+    }
+
+    /// Stops governing `key`. With `release`, a container that still exists gets its
+    /// originals back (it is no longer a proxy we govern); otherwise it is gone.
+    fn forget(&mut self, key: &str, release: bool) {
+        let Some(g) = self.governed.remove(key) else {
+            return;
+        };
+        self.shared.metrics.forget(&g.labels);
+        if release && g.proxy.dir.is_dir() {
+            info!(cgroup = key, "proxy no longer found; releasing");
+            self.restore_keys(Reason::Released, |k| k == key);
+        } else {
+            debug!(cgroup = key, "proxy gone");
+            if let Err(e) = self.journal.remove_all([key]) {
+                warn!(cgroup = key, error = %e, "cannot prune journal entry");
+                self.shared.metrics.error("journal");
+            }
+        }
+    }
+
+    /// Journal entries for containers not governed now: restore those that still exist
+    /// (left by an earlier run), prune the rest.
+    fn release_orphans(&mut self) {
+        let orphans: HashSet<String> = self
+            .journal
+            .entries()
+            .map(|(k, _)| k.clone())
+            .filter(|k| !self.governed.contains_key(k))
+            .collect();
+        if !orphans.is_empty() {
+            self.restore_keys(Reason::Released, |k| orphans.contains(k));
+        }
+    }
+
+    fn restore_keys(
+        &mut self,
+        reason: Reason,
+        select: impl Fn(&str) -> bool,
+    ) -> Option<RestoreReport> {
+        if self.dry_run() {
+            return None;
+        }
+        match actuator::restore_journal(&self.cgroup_root, &mut self.journal, select) {
+            Ok(report) => {
+                for _ in &report.restored {
+                    self.shared
+                        .metrics
+                        .action("cpu", "restore", reason.as_str());
+                }
+                for (_, e) in &report.failed {
+                    self.shared.metrics.error(e.kind());
+                }
+                Some(report)
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot update journal after restore");
+                self.shared.metrics.error("journal");
+                None
+            }
+        }
+    }
+
+    /// Samples, decides and acts for one proxy. Returns false when it is gone.
+    fn step(&mut self, key: &str, now: Instant) -> bool {
+        let dry_run = self.dry_run();
+        let Some(g) = self.governed.get_mut(key) else {
+            return true;
+        };
+        let sample = match g.files.sample(&mut self.buf, now) {
+            Ok(s) => s,
+            Err(e) if e.is_gone() => return false,
+            Err(e) => {
+                if !g.failing {
+                    warn!(cgroup = key, error = %e, "cannot sample proxy");
+                }
+                g.failing = true;
+                self.shared.metrics.error(e.kind());
+                return true;
+            }
+        };
+        if g.failing {
+            info!(cgroup = key, "sampling recovered");
+            g.failing = false;
+        }
+
+        // Coexistence: someone else changed the file.
+        if !dry_run {
+            match g.written {
+                Some(w) if w != sample.cpu_max => {
+                    warn!(
+                        cgroup = key,
+                        wrote = %w,
+                        found = %sample.cpu_max,
+                        "cpu.max changed by someone else (kubelet resize or an operator); adopting it as the original"
+                    );
+                    self.shared.metrics.conflicts.inc();
+                    g.original = sample.cpu_max;
+                    g.written = None;
+                    g.cpu = CpuState::default();
+                    g.backoff_until = Some(now + self.policy.cpu.conflict_backoff);
+                    if let Err(e) = self.journal.remove_all([key]) {
+                        warn!(cgroup = key, error = %e, "cannot update journal");
+                        self.shared.metrics.error("journal");
+                    }
+                }
+                None => g.original = sample.cpu_max,
+                _ => {}
+            }
+        }
+
+        let bounds = CpuBounds::new(&self.policy.cpu, g.original.millis());
+        let in_force = if dry_run {
+            g.planned_millis.or(sample.cpu_max.millis())
+        } else {
+            sample.cpu_max.millis()
+        }
+        .unwrap_or(bounds.ceiling);
+        let obs = g
+            .prev
+            .as_ref()
+            .and_then(|prev| cpu_observation(prev, &sample, in_force));
+        g.prev = Some(sample);
+        let Some(obs) = obs else {
+            return true;
+        };
+        g.last_obs = Some(obs);
+        if let Some(until) = g.backoff_until {
+            if now < until {
+                return true;
+            }
+            g.backoff_until = None;
+        }
+        let Some(decision) = decide_cpu(&mut g.cpu, &obs, bounds, &self.policy.cpu) else {
+            return true;
+        };
+        let from = in_force;
+        let to = decision.quota_millis;
+        if dry_run {
+            g.planned_millis = Some(to);
+        } else {
+            if g.written.is_none() && self.journal.get(key).is_none() {
+                let entry = Entry {
+                    pod_uid: g.proxy.pod_uid.clone(),
+                    container_id: g.proxy.container_id.clone(),
+                    namespace: g.proxy.namespace.clone(),
+                    pod: g.proxy.pod.clone(),
+                    container: g.proxy.container.clone(),
+                    cpu_max: g.original.to_string(),
+                    recorded_at: now_unix(),
+                };
+                if let Err(e) = self.journal.record(key, entry) {
+                    // Never write what could not be journaled.
+                    warn!(cgroup = key, error = %e, "cannot journal original; not writing");
+                    self.shared.metrics.error("journal");
+                    return true;
+                }
+            }
+            match actuator::set_cpu_quota(&g.proxy.dir, &sample.cpu_max, to) {
+                Ok(now_max) => {
+                    g.written = Some(now_max);
+                    g.prev = Some(RawSample {
+                        cpu_max: now_max,
+                        ..sample
+                    });
+                }
+                Err(e) if e.is_gone() => return false,
+                Err(e) => {
+                    warn!(cgroup = key, error = %e, "cpu.max write failed");
+                    self.shared.metrics.error(e.kind());
+                    // What is in the file now is unknown: read it again next tick.
+                    g.written = crate::cgroup::read_value(
+                        &g.proxy.dir,
+                        "cpu.max",
+                        crate::cgroup::parse::parse_cpu_max,
+                    )
+                    .ok()
+                    .filter(|m| *m != g.original);
+                    return true;
+                }
+            }
+        }
+        let (direction, reason) = (decision.direction.as_str(), decision.reason.as_str());
+        self.shared.metrics.action("cpu", direction, reason);
+        info!(
+            cgroup = key,
+            pod_uid = g.proxy.pod_uid,
+            namespace = g.proxy.namespace,
+            pod = g.proxy.pod,
+            container = g.proxy.container,
+            direction,
+            reason,
+            from = format_cpu_millis(from),
+            to = format_cpu_millis(to),
+            usage_millicores = obs.usage_millis.round(),
+            throttled_ratio = obs.throttled_ratio,
+            dry_run,
+            "cpu quota"
+        );
+        g.last_action = Some(ActionView {
+            resource: "cpu",
+            direction,
+            reason,
+            from: format_cpu_millis(from),
+            to: format_cpu_millis(to),
+            at: now_unix(),
+        });
+        true
+    }
+
+    /// The per-proxy view, and the per-proxy gauges updated on the way.
+    fn views(&self) -> Vec<ProxyView> {
+        let m = &self.shared.metrics;
+        let dry_run = self.dry_run();
+        self.governed
+            .values()
+            .map(|g| {
+                let quota = if dry_run {
+                    g.planned_millis.or(g.prev.and_then(|s| s.cpu_max.millis()))
+                } else {
+                    g.prev.and_then(|s| s.cpu_max.millis())
+                };
+                if let Some(q) = quota {
+                    m.cpu_quota_millicores
+                        .get_or_create(&g.labels)
+                        .set(q as f64);
+                }
+                if let Some(o) = g.original.millis() {
+                    m.cpu_original_millicores
+                        .get_or_create(&g.labels)
+                        .set(o as f64);
+                }
+                if let Some(o) = &g.last_obs {
+                    m.cpu_usage_millicores
+                        .get_or_create(&g.labels)
+                        .set(o.usage_millis);
+                    m.cpu_throttled_ratio
+                        .get_or_create(&g.labels)
+                        .set(o.throttled_ratio);
+                }
+                ProxyView {
+                    key: g.proxy.key.clone(),
+                    namespace: g.proxy.namespace.clone(),
+                    pod: g.proxy.pod.clone(),
+                    container: g.proxy.container.clone(),
+                    pod_uid: g.proxy.pod_uid.clone(),
+                    container_id: g.proxy.container_id.clone(),
+                    process: g.proxy.process.clone(),
+                    pid: g.proxy.pid,
+                    cpu_quota_millis: quota,
+                    cpu_original_millis: g.original.millis(),
+                    cpu_usage_millis: g.last_obs.map(|o| o.usage_millis),
+                    cpu_throttled_ratio: g.last_obs.map(|o| o.throttled_ratio),
+                    backoff: g.backoff_until.is_some(),
+                    last_action: g.last_action.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Stops governing: with `restoreOnExit` (and not in dry run) every journaled original is
+    /// put back.
+    pub fn shutdown(&mut self) -> Shutdown {
+        let restore = if self.policy.restore_on_exit {
+            let report = self.restore_keys(Reason::Exit, |_| true);
+            if let Some(r) = &report {
+                info!(
+                    restored = r.restored.len(),
+                    gone = r.gone.len(),
+                    failed = r.failed.len(),
+                    "restored originals on exit"
+                );
+            }
+            report
+        } else {
+            info!(
+                journaled = self.journal.len(),
+                "restoreOnExit is off: limits stay; the journal keeps the originals"
+            );
+            None
+        };
+        for g in self.governed.values() {
+            self.shared.metrics.forget(&g.labels);
+        }
+        self.governed.clear();
+        Shutdown { restore }
+    }
+
+    /// The control loop: ticks every `interval` until told to stop (or after `max_ticks`),
+    /// then shuts down.
+    pub fn run(mut self, commands: Receiver<Command>, max_ticks: Option<u64>) -> Shutdown {
+        let mut ticks = 0u64;
+        let mut next = Instant::now();
+        loop {
+            let now = Instant::now();
+            if now >= next {
+                self.tick(now);
+                ticks += 1;
+                if max_ticks.is_some_and(|m| ticks >= m) {
+                    break;
+                }
+                next += self.policy.interval;
+                if next <= Instant::now() {
+                    // Fell behind (a slow tick): skip, don't burst.
+                    next = Instant::now() + self.policy.interval;
+                }
+            }
+            let wait = next.saturating_duration_since(Instant::now());
+            match commands.recv_timeout(wait.max(Duration::from_millis(1))) {
+                Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(Command::Policy(p)) => self.set_policy(*p),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+        self.shutdown()
+    }
+}
+
+/// Restores every journal entry (the `restore` command).
+pub fn restore_all(
+    cgroup_root: &std::path::Path,
+    journal: &mut Journal,
+) -> Result<RestoreReport, JournalError> {
+    actuator::restore_journal(cgroup_root, journal, |_| true)
+}
+
+/// Reads a cgroup's `cpu.max` once (for `discover`).
+pub fn read_cpu_max(dir: &std::path::Path) -> Result<CpuMax, CgroupError> {
+    crate::cgroup::read_value(dir, "cpu.max", crate::cgroup::parse::parse_cpu_max)
+}

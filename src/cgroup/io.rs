@@ -1,0 +1,284 @@
+//! File I/O on cgroup interface files: descriptors held open and re-read from offset 0 (the
+//! cheap way to sample, design notes §9), one-shot reads, and validated writes that are read
+//! back to confirm the kernel kept what was written. Every error names the file and the
+//! operation; a failed read is an error, never a zero.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::parse::ParseError;
+
+/// A failure on one cgroup file.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("open {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("write {value:?} to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: io::Error,
+    },
+    #[error("parse {path}: {source}")]
+    Parse { path: PathBuf, source: ParseError },
+    #[error("refused to write {value:?} to {path}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        value: String,
+        reason: String,
+    },
+    #[error("verify {path}: wrote {wrote:?} but read back {read:?}")]
+    Verify {
+        path: PathBuf,
+        wrote: String,
+        read: String,
+    },
+}
+
+fn io_source(err: &CgroupError) -> Option<&io::Error> {
+    match err {
+        CgroupError::Open { source, .. }
+        | CgroupError::Read { source, .. }
+        | CgroupError::Write { source, .. } => Some(source),
+        _ => None,
+    }
+}
+
+impl CgroupError {
+    /// True when the cgroup (or the process's view of it) has gone away: the file is missing
+    /// (`ENOENT`) or the held descriptor's cgroup was removed (`ENODEV`). Such errors are
+    /// churn, not faults.
+    pub fn is_gone(&self) -> bool {
+        io_source(self).is_some_and(|e| {
+            e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc_enodev())
+        })
+    }
+
+    /// A short, bounded label for the `errors_total{kind}` metric.
+    pub fn kind(&self) -> &'static str {
+        let errno = io_source(self).and_then(io::Error::raw_os_error);
+        match (self, errno) {
+            (CgroupError::Open { .. } | CgroupError::Read { .. }, _) if self.is_gone() => {
+                "read_gone"
+            }
+            (CgroupError::Open { .. } | CgroupError::Read { .. }, _) => "read",
+            (CgroupError::Write { .. }, Some(22)) => "write_einval",
+            (CgroupError::Write { .. }, _) if self.is_gone() => "write_gone",
+            (CgroupError::Write { .. }, Some(1 | 13 | 30)) => "write_denied",
+            (CgroupError::Write { .. }, Some(11)) => "write_timeout",
+            (CgroupError::Write { .. }, _) => "write",
+            (CgroupError::Parse { .. }, _) => "parse",
+            (CgroupError::Invalid { .. }, _) => "invalid_value",
+            (CgroupError::Verify { .. }, _) => "verify",
+        }
+    }
+}
+
+const fn libc_enodev() -> i32 {
+    19
+}
+
+/// A cgroup file held open and re-read with `pread` at offset 0 each time.
+#[derive(Debug)]
+pub struct CgroupFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl CgroupFile {
+    /// Opens `path` read-only.
+    pub fn open(path: PathBuf) -> Result<Self, CgroupError> {
+        match File::open(&path) {
+            Ok(file) => Ok(Self { path, file }),
+            Err(source) => Err(CgroupError::Open { path, source }),
+        }
+    }
+
+    /// The file's path, for errors and logs.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the whole file into `buf` (cleared first) from offset 0.
+    pub fn read_into<'b>(&self, buf: &'b mut Vec<u8>) -> Result<&'b str, CgroupError> {
+        buf.clear();
+        if buf.capacity() < 4096 {
+            buf.reserve(4096);
+        }
+        let mut offset = 0usize;
+        loop {
+            if buf.len() == buf.capacity() {
+                buf.reserve(buf.capacity());
+            }
+            let spare = buf.capacity() - buf.len();
+            let start = buf.len();
+            buf.resize(start + spare, 0);
+            let read = self.file.read_at(&mut buf[start..], offset as u64);
+            match read {
+                Ok(0) => {
+                    buf.truncate(start);
+                    break;
+                }
+                Ok(n) => {
+                    buf.truncate(start + n);
+                    offset += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+                Err(source) => {
+                    buf.truncate(start);
+                    return Err(CgroupError::Read {
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        std::str::from_utf8(buf).map_err(|_| CgroupError::Parse {
+            path: self.path.clone(),
+            source: ParseError::Malformed("not UTF-8".into()),
+        })
+    }
+
+    /// Reads and parses the file with `parse`.
+    pub fn read_parsed<T>(
+        &self,
+        buf: &mut Vec<u8>,
+        parse: impl FnOnce(&str) -> Result<T, ParseError>,
+    ) -> Result<T, CgroupError> {
+        let text = self.read_into(buf)?;
+        parse(text).map_err(|source| CgroupError::Parse {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// Reads `dir/name` once and parses it.
+pub fn read_value<T>(
+    dir: &Path,
+    name: &str,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Result<T, CgroupError> {
+    let path = dir.join(name);
+    let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    parse(&text).map_err(|source| CgroupError::Parse { path, source })
+}
+
+/// Writes `value` to `dir/name` in a single `write(2)` (cgroup files take one value per
+/// write), never creating the file, then reads it back and parses it with `parse`; the write
+/// counts only when the parsed read-back equals `expected`.
+pub fn write_verified<T: PartialEq + std::fmt::Debug>(
+    dir: &Path,
+    name: &str,
+    value: &str,
+    expected: &T,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Result<T, CgroupError> {
+    let path = dir.join(name);
+    let write = || -> io::Result<()> {
+        // truncate: harmless on cgroupfs, and keeps plain-file fixtures honest.
+        let mut file = OpenOptions::new().write(true).truncate(true).open(&path)?;
+        file.write_all(value.as_bytes())
+    };
+    write().map_err(|source| CgroupError::Write {
+        path: path.clone(),
+        value: value.to_string(),
+        source,
+    })?;
+    let read = read_value(dir, name, parse)?;
+    if &read != expected {
+        return Err(CgroupError::Verify {
+            path,
+            wrote: value.to_string(),
+            read: format!("{read:?}"),
+        });
+    }
+    Ok(read)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse::{parse_cpu_max, parse_u64_or_max};
+    use super::*;
+
+    #[test]
+    fn held_file_rereads_from_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.current");
+        std::fs::write(&path, "100\n").unwrap();
+        let file = CgroupFile::open(path.clone()).unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(
+            file.read_parsed(&mut buf, parse_u64_or_max).unwrap(),
+            Some(100)
+        );
+        std::fs::write(&path, "250\n").unwrap();
+        assert_eq!(
+            file.read_parsed(&mut buf, parse_u64_or_max).unwrap(),
+            Some(250)
+        );
+    }
+
+    #[test]
+    fn large_files_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.stat");
+        let text = "x 1\n".repeat(5000);
+        std::fs::write(&path, &text).unwrap();
+        let file = CgroupFile::open(path).unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(file.read_into(&mut buf).unwrap().len(), text.len());
+    }
+
+    #[test]
+    fn errors_carry_path_and_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_value(dir.path(), "cpu.max", parse_cpu_max).unwrap_err();
+        assert!(err.is_gone());
+        assert_eq!(err.kind(), "read_gone");
+        assert!(err.to_string().contains("cpu.max"), "{err}");
+        std::fs::write(dir.path().join("cpu.max"), "garbage\n").unwrap();
+        let err = read_value(dir.path(), "cpu.max", parse_cpu_max).unwrap_err();
+        assert_eq!(err.kind(), "parse");
+        assert!(err.to_string().starts_with("parse "), "{err}");
+    }
+
+    #[test]
+    fn write_never_creates_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = parse_cpu_max("50000 100000").unwrap();
+        let err = write_verified(
+            dir.path(),
+            "cpu.max",
+            "50000 100000",
+            &expected,
+            parse_cpu_max,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), "write_gone");
+        assert!(!dir.path().join("cpu.max").exists());
+
+        std::fs::write(dir.path().join("cpu.max"), "200000 100000\n").unwrap();
+        let got = write_verified(
+            dir.path(),
+            "cpu.max",
+            "50000 100000",
+            &expected,
+            parse_cpu_max,
+        )
+        .unwrap();
+        assert_eq!(got, expected);
+        // A read-back that differs from what was meant is a verify error.
+        let other = parse_cpu_max("60000 100000").unwrap();
+        let err = write_verified(dir.path(), "cpu.max", "50000 100000", &other, parse_cpu_max)
+            .unwrap_err();
+        assert_eq!(err.kind(), "verify");
+    }
+}

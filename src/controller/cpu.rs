@@ -1,0 +1,423 @@
+//! CPU quota decisions (`cpu.max`): fast up, slow down (design notes §5). Growth is driven by
+//! stall signals — throttled periods, usage pressing on the quota, CPU pressure — and sized
+//! from demand (usage plus throttled time) so a proxy gets what it needs in one or two ticks.
+//! Shrinking waits for `scaleDownAfter` of low use, then steps down by at most `stepDown` per
+//! tick toward the quiet period's peak usage over the target utilisation, never below the floor.
+
+use std::time::Duration;
+
+use super::{Direction, Reason};
+use crate::policy::CpuPolicy;
+
+/// What one tick saw of a proxy's CPU, as deltas since the previous tick.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuObservation {
+    /// Wall time the deltas span.
+    pub elapsed: Duration,
+    /// CPU used, in millicores (`usage_usec` delta / elapsed).
+    pub usage_millis: f64,
+    /// Share of enforcement periods that were throttled (`nr_throttled / nr_periods` deltas).
+    pub throttled_ratio: f64,
+    /// Throttled time per wall time, in millicores (`throttled_usec` delta / elapsed): runnable
+    /// work the quota held back.
+    pub throttled_millis: f64,
+    /// Share of wall time some task waited for CPU (`cpu.pressure` some total delta), if PSI is on.
+    pub pressure_some: Option<f64>,
+    /// The quota in force now, in millicores.
+    pub quota_millis: u64,
+}
+
+/// The range the quota may move in for one proxy, in millicores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuBounds {
+    pub floor: u64,
+    pub ceiling: u64,
+}
+
+impl CpuBounds {
+    /// Policy bounds narrowed by the container's original limit (`None` = unlimited): never
+    /// above the original, and a floor that never exceeds the ceiling.
+    pub fn new(policy: &CpuPolicy, original_millis: Option<u64>) -> CpuBounds {
+        let ceiling = original_millis.map_or(policy.max_millis, |o| o.min(policy.max_millis));
+        CpuBounds {
+            floor: policy.min_millis.min(ceiling),
+            ceiling,
+        }
+    }
+}
+
+/// Per-proxy memory of the controller between ticks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CpuState {
+    /// How long usage has stayed low without throttling.
+    pub quiet_for: Duration,
+    /// Highest usage seen during that quiet stretch, in millicores.
+    pub quiet_peak_millis: f64,
+}
+
+impl CpuState {
+    fn reset(&mut self) {
+        *self = CpuState::default();
+    }
+}
+
+/// A new quota to set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuDecision {
+    pub quota_millis: u64,
+    pub direction: Direction,
+    pub reason: Reason,
+}
+
+fn up(quota_millis: u64, reason: Reason) -> Option<CpuDecision> {
+    Some(CpuDecision {
+        quota_millis,
+        direction: Direction::Up,
+        reason,
+    })
+}
+
+fn down(quota_millis: u64, reason: Reason) -> Option<CpuDecision> {
+    Some(CpuDecision {
+        quota_millis,
+        direction: Direction::Down,
+        reason,
+    })
+}
+
+/// Decides the next quota for one proxy. `None` means leave it.
+pub fn decide_cpu(
+    state: &mut CpuState,
+    obs: &CpuObservation,
+    bounds: CpuBounds,
+    p: &CpuPolicy,
+) -> Option<CpuDecision> {
+    let current = obs.quota_millis;
+    if current > bounds.ceiling {
+        state.reset();
+        return down(bounds.ceiling, Reason::Policy);
+    }
+    if current < bounds.floor {
+        state.reset();
+        return up(bounds.floor, Reason::Policy);
+    }
+    let quota = current.max(1) as f64;
+    let usage = obs.usage_millis.max(0.0);
+    let utilization = usage / quota;
+
+    let reason = if obs.throttled_ratio >= p.throttled_ratio && obs.throttled_ratio > 0.0 {
+        Some(Reason::Throttled)
+    } else if utilization >= p.scale_up_utilization {
+        Some(Reason::NearQuota)
+    } else if obs.pressure_some.is_some_and(|s| s >= p.pressure_threshold)
+        && utilization >= p.target_utilization
+    {
+        Some(Reason::Pressure)
+    } else {
+        None
+    };
+
+    if let Some(reason) = reason {
+        state.reset();
+        let demand = usage + obs.throttled_millis.max(0.0);
+        let sized = demand / p.target_utilization;
+        let stepped = quota * (1.0 + p.step_up);
+        let want = (sized.max(stepped).ceil() as u64).clamp(bounds.floor, bounds.ceiling);
+        return (want > current).then(|| up(want, reason)).flatten();
+    }
+
+    if utilization < p.scale_down_utilization && obs.throttled_ratio == 0.0 {
+        state.quiet_for += obs.elapsed;
+        state.quiet_peak_millis = state.quiet_peak_millis.max(usage);
+        if state.quiet_for < p.scale_down_after {
+            return None;
+        }
+        let sized = state.quiet_peak_millis / p.target_utilization;
+        let stepped = quota * (1.0 - p.step_down);
+        let want = (sized.max(stepped).ceil() as u64).clamp(bounds.floor, bounds.ceiling);
+        // Skip changes under 1% (or 1m): they buy nothing and churn the file.
+        let worth = (current / 100).max(1);
+        return (current.saturating_sub(want) >= worth)
+            .then(|| down(want, Reason::Idle))
+            .flatten();
+    }
+
+    // In the band between low use and pressure: steady.
+    state.reset();
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+
+    const TICK: Duration = Duration::from_secs(1);
+
+    fn policy() -> CpuPolicy {
+        Policy::default().cpu
+    }
+
+    fn obs(quota: u64, usage: f64) -> CpuObservation {
+        CpuObservation {
+            elapsed: TICK,
+            usage_millis: usage,
+            throttled_ratio: 0.0,
+            throttled_millis: 0.0,
+            pressure_some: Some(0.0),
+            quota_millis: quota,
+        }
+    }
+
+    fn bounds() -> CpuBounds {
+        CpuBounds::new(&policy(), Some(2000))
+    }
+
+    /// Runs a closed loop: each tick's decision becomes the next tick's quota.
+    /// `usage(tick, quota)` gives the usage the proxy shows under that quota.
+    fn simulate(
+        start: u64,
+        ticks: usize,
+        usage: impl Fn(usize, u64) -> (f64, f64, f64),
+    ) -> Vec<(u64, Option<CpuDecision>)> {
+        let p = policy();
+        let mut state = CpuState::default();
+        let mut quota = start;
+        let mut out = Vec::new();
+        for t in 0..ticks {
+            let (u, ratio, throttled) = usage(t, quota);
+            let o = CpuObservation {
+                throttled_ratio: ratio,
+                throttled_millis: throttled,
+                ..obs(quota, u)
+            };
+            let d = decide_cpu(&mut state, &o, bounds(), &p);
+            if let Some(d) = d {
+                quota = d.quota_millis;
+            }
+            out.push((quota, d));
+        }
+        out
+    }
+
+    #[test]
+    fn bounds_respect_original_and_policy() {
+        let p = policy();
+        assert_eq!(
+            CpuBounds::new(&p, Some(2000)),
+            CpuBounds {
+                floor: 100,
+                ceiling: 2000
+            }
+        );
+        assert_eq!(CpuBounds::new(&p, Some(500)).ceiling, 500);
+        assert_eq!(CpuBounds::new(&p, None).ceiling, 2000);
+        // An original below the policy floor: never raised above the original.
+        assert_eq!(
+            CpuBounds::new(&p, Some(50)),
+            CpuBounds {
+                floor: 50,
+                ceiling: 50
+            }
+        );
+    }
+
+    #[test]
+    fn idle_waits_for_scale_down_after_then_steps_down() {
+        // Idle (5m used of 2000m): nothing for the first 29 ticks, then 10% steps.
+        let trace = simulate(2000, 40, |_, _| (5.0, 0.0, 0.0));
+        for (t, (quota, d)) in trace.iter().enumerate().take(29) {
+            assert_eq!((*quota, *d), (2000, None), "tick {t}");
+        }
+        assert_eq!(
+            trace[29].1,
+            Some(CpuDecision {
+                quota_millis: 1800,
+                direction: Direction::Down,
+                reason: Reason::Idle
+            })
+        );
+        assert_eq!(trace[30].0, 1620);
+        assert_eq!(trace[31].0, 1458);
+    }
+
+    #[test]
+    fn idle_reaches_floor_within_half_a_minute_after_scale_down_after() {
+        let trace = simulate(2000, 120, |_, _| (3.0, 0.0, 0.0));
+        let first_floor = trace.iter().position(|(q, _)| *q == 100).unwrap();
+        assert!(
+            (30..=30 + 32).contains(&first_floor),
+            "reached the floor at tick {first_floor}"
+        );
+        // and stays there without further writes
+        assert!(
+            trace[first_floor + 1..]
+                .iter()
+                .all(|(q, d)| *q == 100 && d.is_none())
+        );
+    }
+
+    #[test]
+    fn throttled_proxy_gets_its_demand_in_one_tick() {
+        // At 100m a 1-core spinner uses 100m and is throttled ~900m worth of time.
+        let d = decide_cpu(
+            &mut CpuState::default(),
+            &CpuObservation {
+                throttled_ratio: 0.9,
+                throttled_millis: 900.0,
+                ..obs(100, 100.0)
+            },
+            bounds(),
+            &policy(),
+        )
+        .unwrap();
+        assert_eq!(d.direction, Direction::Up);
+        assert_eq!(d.reason, Reason::Throttled);
+        // demand 1000m at 60% target = 1667m
+        assert_eq!(d.quota_millis, 1667);
+    }
+
+    #[test]
+    fn turning_hot_from_the_floor_recovers_within_three_ticks() {
+        // Demand of 1000m: under quota q the proxy uses min(q, 1000) and is throttled for the rest.
+        let demand = 1000.0;
+        let trace = simulate(100, 3, |_, q| {
+            let used = (q as f64).min(demand);
+            let held = demand - used;
+            let ratio = if held > 0.0 { 0.9 } else { 0.0 };
+            (used, ratio, held)
+        });
+        assert!(trace[2].0 as f64 >= demand, "{trace:?}");
+    }
+
+    #[test]
+    fn without_throttle_time_growth_still_doubles() {
+        // Near quota but no throttled_usec (older kernels): at least doubles each tick.
+        let trace = simulate(100, 3, |_, q| ((q as f64 * 0.95).min(900.0), 0.0, 0.0));
+        assert_eq!(trace[0].0, 200);
+        assert_eq!(trace[1].0, 400);
+        assert_eq!(trace[2].0, 800);
+        assert_eq!(trace[0].1.unwrap().reason, Reason::NearQuota);
+    }
+
+    #[test]
+    fn growth_stops_at_the_ceiling() {
+        let trace = simulate(1500, 3, |_, q| (q as f64, 0.8, 4000.0));
+        assert_eq!(trace[0].0, 2000);
+        assert_eq!(trace[1], (2000, None));
+    }
+
+    #[test]
+    fn hot_proxy_keeps_what_it_uses() {
+        // A steady 1-core user starting at 2 cores settles at usage/target and stays.
+        let trace = simulate(2000, 200, |_, q| ((q as f64).min(1000.0), 0.0, 0.0));
+        let settled = trace.last().unwrap().0;
+        assert!(settled >= 1000, "quota {settled} below usage");
+        assert!(settled <= 2000);
+        // No oscillation in the last 60 ticks.
+        assert!(
+            trace[140..].iter().all(|(_, d)| d.is_none()),
+            "{:?}",
+            &trace[140..]
+        );
+    }
+
+    #[test]
+    fn in_band_usage_resets_the_quiet_clock() {
+        let p = policy();
+        let mut state = CpuState::default();
+        for _ in 0..20 {
+            assert_eq!(decide_cpu(&mut state, &obs(1000, 10.0), bounds(), &p), None);
+        }
+        // One tick at 60% usage: steady, clock reset.
+        assert_eq!(
+            decide_cpu(&mut state, &obs(1000, 600.0), bounds(), &p),
+            None
+        );
+        assert_eq!(state.quiet_for, Duration::ZERO);
+        for _ in 0..29 {
+            assert_eq!(decide_cpu(&mut state, &obs(1000, 10.0), bounds(), &p), None);
+        }
+        assert!(decide_cpu(&mut state, &obs(1000, 10.0), bounds(), &p).is_some());
+    }
+
+    #[test]
+    fn shrinking_stops_once_usage_is_back_in_the_band() {
+        // 400m used of 1000m (40%, low): 900, then 810 (49%, in the band): steady there.
+        let trace = simulate(1000, 60, |_, q| ((q as f64).min(400.0), 0.0, 0.0));
+        assert_eq!(trace[29].0, 900);
+        assert_eq!(trace.last().unwrap().0, 810);
+    }
+
+    #[test]
+    fn quiet_peak_limits_a_large_step() {
+        let p = CpuPolicy {
+            step_down: 0.5,
+            ..policy()
+        };
+        let mut state = CpuState::default();
+        let usage = [100.0, 400.0];
+        let mut last = None;
+        for t in 0..30 {
+            last = decide_cpu(&mut state, &obs(1000, usage[t % 2]), bounds(), &p);
+        }
+        // max(peak 400 / 0.6, 1000 * 0.5) = 667
+        assert_eq!(last.unwrap().quota_millis, 667);
+    }
+
+    #[test]
+    fn pressure_needs_usage_above_target() {
+        let p = policy();
+        let pressured = |usage| CpuObservation {
+            pressure_some: Some(0.5),
+            ..obs(1000, usage)
+        };
+        // Contention from elsewhere on the node with a mostly idle proxy: no growth.
+        assert_eq!(
+            decide_cpu(&mut CpuState::default(), &pressured(100.0), bounds(), &p),
+            None
+        );
+        let d = decide_cpu(&mut CpuState::default(), &pressured(700.0), bounds(), &p).unwrap();
+        assert_eq!((d.reason, d.quota_millis), (Reason::Pressure, 2000));
+    }
+
+    #[test]
+    fn policy_bounds_are_enforced_first() {
+        let p = policy();
+        let d = decide_cpu(&mut CpuState::default(), &obs(3000, 0.0), bounds(), &p).unwrap();
+        assert_eq!(
+            (d.direction, d.reason, d.quota_millis),
+            (Direction::Down, Reason::Policy, 2000)
+        );
+        let d = decide_cpu(&mut CpuState::default(), &obs(50, 0.0), bounds(), &p).unwrap();
+        assert_eq!(
+            (d.direction, d.reason, d.quota_millis),
+            (Direction::Up, Reason::Policy, 100)
+        );
+    }
+
+    #[test]
+    fn any_throttling_blocks_shrinking() {
+        let p = policy();
+        let mut state = CpuState::default();
+        let o = CpuObservation {
+            throttled_ratio: 0.01,
+            ..obs(1000, 10.0)
+        };
+        for _ in 0..60 {
+            assert_eq!(decide_cpu(&mut state, &o, bounds(), &p), None);
+        }
+    }
+
+    #[test]
+    fn a_spike_during_quiet_restarts_the_wait() {
+        let p = policy();
+        let mut state = CpuState::default();
+        for _ in 0..25 {
+            decide_cpu(&mut state, &obs(1000, 5.0), bounds(), &p);
+        }
+        let d = decide_cpu(&mut state, &obs(1000, 950.0), bounds(), &p).unwrap();
+        assert_eq!(d.direction, Direction::Up);
+        assert_eq!(state.quiet_for, Duration::ZERO);
+    }
+}

@@ -1,0 +1,63 @@
+//! The controller: pure decisions from samples to actions. Nothing here reads or writes a
+//! file or looks at a clock — every input (sample deltas, elapsed time, bounds, policy) is
+//! passed in, so each rule is tested tick by tick with plain tables.
+
+pub mod cpu;
+
+pub use cpu::{CpuBounds, CpuDecision, CpuObservation, CpuState, decide_cpu};
+
+/// Which way an action moved a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Up,
+    Down,
+    Restore,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+            Direction::Restore => "restore",
+        }
+    }
+}
+
+/// Why an action was taken: a small, fixed set (it is a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The proxy was throttled in more than `throttledRatio` of its periods.
+    Throttled,
+    /// Usage above `scaleUpUtilization` of the quota.
+    NearQuota,
+    /// CPU pressure (PSI) above `pressureThreshold` with usage above target.
+    Pressure,
+    /// Low use for `scaleDownAfter`.
+    Idle,
+    /// The quota lay outside the policy's bounds (a reload moved them).
+    Policy,
+    /// Put back on agent exit.
+    Exit,
+    /// Put back by `sidecar-governor restore`.
+    Command,
+    /// Put back because the container is no longer a governed proxy.
+    Released,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Throttled => "throttled",
+            Reason::NearQuota => "near_quota",
+            Reason::Pressure => "pressure",
+            Reason::Idle => "idle",
+            Reason::Policy => "policy",
+            Reason::Exit => "exit",
+            Reason::Command => "command",
+            Reason::Released => "released",
+        }
+    }
+}

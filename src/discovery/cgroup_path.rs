@@ -1,0 +1,236 @@
+//! Pure mapping between cgroup paths and Kubernetes identities: the pod UID and container ID
+//! in kubelet-made cgroup paths (containerd and CRI-O, systemd and cgroupfs drivers), and the
+//! resolution of a `/proc/PID/cgroup` line against the host's cgroup mount (design notes §3–4).
+
+/// Which runtime/driver layout a container cgroup path has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// `.../cri-containerd-<id>.scope`
+    ContainerdSystemd,
+    /// `.../pod<uid>/<id>`
+    ContainerdCgroupfs,
+    /// `.../crio-<id>.scope` (the leaf may be a `container` child with crun)
+    CrioSystemd,
+    /// `.../pod<uid>/crio-<id>`
+    CrioCgroupfs,
+    /// `.../docker-<id>.scope` (cri-dockerd)
+    DockerSystemd,
+}
+
+/// A container cgroup path understood: its pod and container identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerPath {
+    /// Path of the container cgroup relative to the cgroup root, without leading `/`.
+    pub container_rel: String,
+    /// Path of the pod cgroup (the container's parent), relative to the cgroup root.
+    pub pod_rel: String,
+    pub pod_uid: String,
+    pub container_id: String,
+    pub layout: Layout,
+}
+
+fn is_container_id(s: &str) -> bool {
+    s.len() >= 12 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The pod UID in a pod cgroup's directory name: `kubepods-burstable-pod<uid_>.slice`,
+/// `kubepods-pod<uid_>.slice` (systemd, `-` written as `_`) or `pod<uid>` (cgroupfs).
+pub fn pod_uid_of(dir_name: &str) -> Option<String> {
+    if let Some(slice) = dir_name.strip_suffix(".slice") {
+        let uid = slice.rsplit_once("-pod")?.1;
+        let uid = uid.replace('_', "-");
+        return is_uid(&uid).then_some(uid);
+    }
+    let uid = dir_name.strip_prefix("pod")?;
+    is_uid(uid).then(|| uid.to_string())
+}
+
+fn is_uid(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+fn container_of(dir_name: &str) -> Option<(String, Layout)> {
+    let scoped = |prefix: &str| {
+        dir_name
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix(".scope"))
+            .filter(|id| is_container_id(id))
+            .map(str::to_string)
+    };
+    if let Some(id) = scoped("cri-containerd-") {
+        return Some((id, Layout::ContainerdSystemd));
+    }
+    if let Some(id) = scoped("crio-") {
+        return Some((id, Layout::CrioSystemd));
+    }
+    if let Some(id) = scoped("docker-") {
+        return Some((id, Layout::DockerSystemd));
+    }
+    if let Some(id) = dir_name
+        .strip_prefix("crio-")
+        .filter(|id| is_container_id(id))
+    {
+        return Some((id.to_string(), Layout::CrioCgroupfs));
+    }
+    is_container_id(dir_name).then(|| (dir_name.to_string(), Layout::ContainerdCgroupfs))
+}
+
+/// Understands a container cgroup path (relative to the cgroup root). Returns `None` for
+/// anything that is not a container directly inside a kubelet pod cgroup — such cgroups are
+/// never governed. A crun `container` leaf maps to its `crio-<id>.scope` parent, where the
+/// limits live.
+pub fn parse_container_path(rel: &str) -> Option<ContainerPath> {
+    let mut parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.last() == Some(&"container")
+        && parts.len() >= 2
+        && parts[parts.len() - 2].starts_with("crio-")
+    {
+        parts.pop();
+    }
+    if parts.len() < 2 {
+        return None;
+    }
+    let (container_id, layout) = container_of(parts[parts.len() - 1])?;
+    // conmon's scope is not the container.
+    if parts[parts.len() - 1].starts_with("crio-conmon-") {
+        return None;
+    }
+    let pod_uid = pod_uid_of(parts[parts.len() - 2])?;
+    Some(ContainerPath {
+        container_rel: parts.join("/"),
+        pod_rel: parts[..parts.len() - 1].join("/"),
+        pod_uid,
+        container_id,
+        layout,
+    })
+}
+
+/// The cgroup v2 path of a process from the text of `/proc/PID/cgroup` (the `0::` line).
+pub fn parse_proc_cgroup(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
+/// Resolves a `/proc/PID/cgroup` path against the cgroup root as the host sees it. Inside a
+/// cgroup namespace the path can start with `/../..`: those components are dropped and the
+/// rest is matched from its `kubepods` component on, so it never escapes the root.
+/// Returns the path relative to the root (no leading `/`), or `None` if it cannot be placed.
+pub fn resolve_proc_path(path: &str) -> Option<String> {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    let escaped = parts.contains(&"..");
+    let clean: Vec<&str> = parts.iter().copied().filter(|p| *p != "..").collect();
+    if clean.is_empty() {
+        return None;
+    }
+    if escaped {
+        let start = clean.iter().position(|p| p.starts_with("kubepods"))?;
+        return Some(clean[start..].join("/"));
+    }
+    Some(clean.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b";
+    const UID: &str = "8f3c1e2a-1b2c-4d5e-9f00-123456789abc";
+
+    fn underscored() -> String {
+        UID.replace('-', "_")
+    }
+
+    #[test]
+    fn containerd_systemd_burstable_and_guaranteed() {
+        let rel = format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ID}.scope",
+            underscored()
+        );
+        let p = parse_container_path(&rel).unwrap();
+        assert_eq!(p.pod_uid, UID);
+        assert_eq!(p.container_id, ID);
+        assert_eq!(p.layout, Layout::ContainerdSystemd);
+        assert!(p.pod_rel.ends_with(".slice"));
+        let guaranteed = format!(
+            "kubepods.slice/kubepods-pod{}.slice/cri-containerd-{ID}.scope",
+            underscored()
+        );
+        assert_eq!(parse_container_path(&guaranteed).unwrap().pod_uid, UID);
+    }
+
+    #[test]
+    fn containerd_cgroupfs() {
+        let p = parse_container_path(&format!("kubepods/burstable/pod{UID}/{ID}")).unwrap();
+        assert_eq!(p.layout, Layout::ContainerdCgroupfs);
+        assert_eq!(p.pod_rel, format!("kubepods/burstable/pod{UID}"));
+        let besteffort = format!("/kubepods/besteffort/pod{UID}/{ID}");
+        assert_eq!(parse_container_path(&besteffort).unwrap().container_id, ID);
+    }
+
+    #[test]
+    fn crio_systemd_with_and_without_crun_leaf() {
+        let base = format!(
+            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/crio-{ID}.scope",
+            underscored()
+        );
+        let p = parse_container_path(&base).unwrap();
+        assert_eq!(p.layout, Layout::CrioSystemd);
+        let leaf = parse_container_path(&format!("{base}/container")).unwrap();
+        assert_eq!(leaf.container_rel, base);
+        let conmon = base.replace("crio-", "crio-conmon-");
+        assert_eq!(parse_container_path(&conmon), None);
+    }
+
+    #[test]
+    fn crio_cgroupfs() {
+        let p = parse_container_path(&format!("kubepods/pod{UID}/crio-{ID}")).unwrap();
+        assert_eq!(p.layout, Layout::CrioCgroupfs);
+        assert_eq!(p.pod_uid, UID);
+    }
+
+    #[test]
+    fn non_pod_cgroups_are_refused() {
+        for rel in [
+            "",
+            "system.slice/containerd.service",
+            "user.slice/user-0.slice/session-1.scope",
+            &format!("k8s.io/{ID}"),
+            &format!("kubepods/burstable/pod{UID}"),
+            "kubepods.slice/kubepods-burstable.slice",
+            &format!("kubepods/burstable/pod{UID}/not-a-container"),
+        ] {
+            assert_eq!(parse_container_path(rel), None, "{rel}");
+        }
+    }
+
+    #[test]
+    fn proc_cgroup_lines() {
+        assert_eq!(
+            parse_proc_cgroup("0::/kubepods/burstable/podx/abc\n"),
+            Some("/kubepods/burstable/podx/abc")
+        );
+        // hybrid hosts list v1 hierarchies first
+        assert_eq!(
+            parse_proc_cgroup("12:cpu,cpuacct:/foo\n0::/bar\n"),
+            Some("/bar")
+        );
+        assert_eq!(parse_proc_cgroup("4:memory:/foo\n"), None);
+    }
+
+    #[test]
+    fn namespaced_paths_resolve_inside_the_root() {
+        assert_eq!(
+            resolve_proc_path("/../../kubepods/burstable/podx/abc").as_deref(),
+            Some("kubepods/burstable/podx/abc")
+        );
+        assert_eq!(
+            resolve_proc_path("/kubepods.slice/a.slice/b.scope").as_deref(),
+            Some("kubepods.slice/a.slice/b.scope")
+        );
+        assert_eq!(resolve_proc_path("/../../etc/passwd"), None);
+        assert_eq!(resolve_proc_path("/"), None);
+    }
+}

@@ -1,0 +1,119 @@
+//! Discovery: which containers on this node are sidecar proxies, and where their cgroups are.
+//! A [`Discovery`] source (procfs today; the container runtime's CRI later) returns the
+//! current [`Proxy`] set; the agent diffs it against what it governs. Sources never write.
+
+pub mod cgroup_path;
+pub mod procfs;
+
+use std::path::PathBuf;
+
+pub use cgroup_path::Layout;
+
+use crate::policy::MatchPolicy;
+
+/// One proxy container, as found.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Proxy {
+    /// The container cgroup relative to the cgroup root: the identity the agent keys on.
+    pub key: String,
+    /// The container cgroup directory.
+    pub dir: PathBuf,
+    /// The pod cgroup directory (the container's parent).
+    pub pod_dir: PathBuf,
+    pub pod_uid: String,
+    pub container_id: String,
+    pub layout: Layout,
+    /// Kubernetes names; empty when the source does not know them (procfs).
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// The proxy process found (its comm) and its PID.
+    pub process: String,
+    pub pid: u32,
+    /// Envoy's `--concurrency N`, when given on its command line.
+    pub concurrency: Option<u32>,
+}
+
+/// Which source found the proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Procfs,
+    Cri,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Procfs => "procfs",
+            Source::Cri => "cri",
+        }
+    }
+}
+
+/// A discovery pass failed as a whole (single vanished processes are not errors).
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    #[error("list processes in {path}: {source}")]
+    ProcRoot {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A source of the current proxy set.
+pub trait Discovery: Send {
+    /// Every proxy on the node now, one per container cgroup.
+    fn discover(&mut self, rules: &MatchPolicy) -> Result<Vec<Proxy>, DiscoveryError>;
+    /// Which source this is, for metrics and logs.
+    fn source(&self) -> Source;
+}
+
+/// Reads Envoy's worker count from its argument vector (`--concurrency N` or `--concurrency=N`).
+pub fn concurrency_from_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Option<u32> {
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == "--concurrency" {
+            return args.next().and_then(|v| v.parse().ok());
+        }
+        if let Some(v) = arg.strip_prefix("--concurrency=") {
+            return v.parse().ok();
+        }
+    }
+    None
+}
+
+/// True when a `pilot-agent` argument vector runs a gateway or waypoint (`proxy router`,
+/// `proxy waypoint`), which are not sidecars.
+pub fn is_gateway_args<'a>(args: impl IntoIterator<Item = &'a str>) -> bool {
+    let args: Vec<&str> = args.into_iter().collect();
+    args.windows(2)
+        .any(|w| w[0] == "proxy" && matches!(w[1], "router" | "waypoint"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrency_forms() {
+        let args = ["/usr/local/bin/envoy", "-c", "x.json", "--concurrency", "4"];
+        assert_eq!(concurrency_from_args(args), Some(4));
+        assert_eq!(concurrency_from_args(["envoy", "--concurrency=2"]), Some(2));
+        assert_eq!(concurrency_from_args(["envoy", "--concurrency"]), None);
+        assert_eq!(concurrency_from_args(["envoy", "--concurrency", "x"]), None);
+        assert_eq!(concurrency_from_args(["envoy"]), None);
+    }
+
+    #[test]
+    fn gateway_forms() {
+        assert!(is_gateway_args([
+            "/usr/local/bin/pilot-agent",
+            "proxy",
+            "router"
+        ]));
+        assert!(is_gateway_args(["pilot-agent", "proxy", "waypoint", "--x"]));
+        assert!(!is_gateway_args(["pilot-agent", "proxy", "sidecar"]));
+        assert!(!is_gateway_args(["envoy", "-c", "router"]));
+    }
+}

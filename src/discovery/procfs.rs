@@ -1,0 +1,176 @@
+//! Discovery through procfs: every process whose `comm` is a proxy name, placed in its
+//! container cgroup through `/proc/PID/cgroup`. Raw reads of `comm`, `cgroup`, `stat` and
+//! `cmdline` under a passed-in proc root (the scan touches every PID, so it stays lean; the
+//! `procfs` crate's per-process handles cost more than the three reads it replaces). A process
+//! that vanishes mid-scan is skipped quietly.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use tracing::debug;
+
+use super::cgroup_path::{parse_container_path, parse_proc_cgroup, resolve_proc_path};
+use super::{Discovery, DiscoveryError, Proxy, Source, concurrency_from_args, is_gateway_args};
+use crate::policy::MatchPolicy;
+
+/// Scans a proc root for proxy processes and maps them to container cgroups under a cgroup root.
+#[derive(Debug, Clone)]
+pub struct ProcfsDiscovery {
+    proc_root: PathBuf,
+    cgroup_root: PathBuf,
+    /// Include gateways and waypoints (`pilot-agent proxy router|waypoint`).
+    pub include_gateways: bool,
+}
+
+/// The NUL-separated argument vector of `/proc/PID/cmdline`.
+pub fn split_cmdline(raw: &[u8]) -> Vec<String> {
+    raw.split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// The parent PID from the text of `/proc/PID/stat` (the field after the `)` closing comm).
+pub fn parse_stat_ppid(text: &str) -> Option<u32> {
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl ProcfsDiscovery {
+    pub fn new(proc_root: impl Into<PathBuf>, cgroup_root: impl Into<PathBuf>) -> Self {
+        Self {
+            proc_root: proc_root.into(),
+            cgroup_root: cgroup_root.into(),
+            include_gateways: false,
+        }
+    }
+
+    fn read(&self, pid: &str, name: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.proc_root.join(pid).join(name)).ok()
+    }
+
+    /// Examines one PID: `Some(proxy)` when it is a governed proxy process.
+    pub fn inspect(&self, pid: &str, names: &[String]) -> Option<Proxy> {
+        let comm_raw = self.read(pid, "comm")?;
+        let comm = String::from_utf8_lossy(&comm_raw);
+        let comm = comm.trim_end_matches('\n');
+        if !names.iter().any(|n| n == comm) {
+            return None;
+        }
+        let cgroup_raw = self.read(pid, "cgroup")?;
+        let cgroup_text = String::from_utf8_lossy(&cgroup_raw);
+        let Some(rel) = parse_proc_cgroup(&cgroup_text).and_then(resolve_proc_path) else {
+            debug!(
+                pid,
+                comm, "proxy process outside any resolvable cgroup; skipped"
+            );
+            return None;
+        };
+        let Some(path) = parse_container_path(&rel) else {
+            debug!(
+                pid,
+                comm,
+                cgroup = rel,
+                "proxy process not in a pod container cgroup; skipped"
+            );
+            return None;
+        };
+        let args = self
+            .read(pid, "cmdline")
+            .map(|r| split_cmdline(&r))
+            .unwrap_or_default();
+        if !self.include_gateways && self.parent_is_gateway(pid) {
+            debug!(
+                pid,
+                comm,
+                cgroup = rel,
+                "gateway or waypoint proxy; skipped"
+            );
+            return None;
+        }
+        Some(Proxy {
+            dir: self.cgroup_root.join(&path.container_rel),
+            pod_dir: self.cgroup_root.join(&path.pod_rel),
+            key: path.container_rel,
+            pod_uid: path.pod_uid,
+            container_id: path.container_id,
+            layout: path.layout,
+            namespace: String::new(),
+            pod: String::new(),
+            container: String::new(),
+            process: comm.to_string(),
+            pid: pid.parse().unwrap_or_default(),
+            concurrency: concurrency_from_args(args.iter().map(String::as_str)),
+        })
+    }
+
+    fn parent_is_gateway(&self, pid: &str) -> bool {
+        let Some(stat) = self.read(pid, "stat") else {
+            return false;
+        };
+        let Some(ppid) = parse_stat_ppid(&String::from_utf8_lossy(&stat)) else {
+            return false;
+        };
+        let Some(raw) = self.read(&ppid.to_string(), "cmdline") else {
+            return false;
+        };
+        let args = split_cmdline(&raw);
+        is_gateway_args(args.iter().map(String::as_str))
+    }
+
+    /// The proc root scanned.
+    pub fn proc_root(&self) -> &Path {
+        &self.proc_root
+    }
+}
+
+impl Discovery for ProcfsDiscovery {
+    fn discover(&mut self, rules: &MatchPolicy) -> Result<Vec<Proxy>, DiscoveryError> {
+        let entries =
+            std::fs::read_dir(&self.proc_root).map_err(|source| DiscoveryError::ProcRoot {
+                path: self.proc_root.clone(),
+                source,
+            })?;
+        let mut seen = HashSet::new();
+        let mut found = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str() else { continue };
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            if let Some(proxy) = self.inspect(pid, &rules.process_names)
+                && seen.insert(proxy.key.clone())
+            {
+                found.push(proxy);
+            }
+        }
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(found)
+    }
+
+    fn source(&self) -> Source {
+        Source::Procfs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_ppid_with_awkward_comm() {
+        assert_eq!(parse_stat_ppid("42 (envoy) S 7 42 42 0 -1"), Some(7));
+        assert_eq!(parse_stat_ppid("42 (a) b (c)) R 99 1"), Some(99));
+        assert_eq!(parse_stat_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn cmdline_split() {
+        assert_eq!(
+            split_cmdline(b"envoy\0--concurrency\x002\0"),
+            vec!["envoy", "--concurrency", "2"]
+        );
+        assert!(split_cmdline(b"").is_empty());
+    }
+}

@@ -1,0 +1,20 @@
+//! sidecar-governor: a per-node agent that right-sizes service-mesh sidecar proxies (Envoy in
+//! Istio's `istio-proxy`, `linkerd2-proxy`) by moving their cgroup v2 `cpu.max` within a
+//! policy's bounds — idle proxies shrink, hot ones get room before they throttle — with every
+//! original journaled so it can always be put back.
+//!
+//! Data flow (design notes §2): [`policy`] → [`discovery`] → [`sampler`] →
+//! [`controller`] (pure) → [`actuator`] + [`journal`] → [`metrics`] / [`server`], driven by
+//! the loop in [`agent`].
+
+pub mod actuator;
+pub mod agent;
+pub mod cgroup;
+pub mod controller;
+pub mod discovery;
+pub mod journal;
+pub mod metrics;
+pub mod policy;
+pub mod quantity;
+pub mod sampler;
+pub mod server;

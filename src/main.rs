@@ -1,0 +1,416 @@
+//! The `sidecar-governor` binary: command-line parsing (every flag also an environment
+//! variable), logging set-up, and the wiring of the library's parts into `run`, `discover`,
+//! `check-config` and `restore`. Errors are reported here, at the edge, with `anyhow`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing::{error, info, warn};
+
+use sidecar_governor::agent::{Agent, Command, read_cpu_max, restore_all};
+use sidecar_governor::discovery::procfs::ProcfsDiscovery;
+use sidecar_governor::discovery::{Discovery, Proxy};
+use sidecar_governor::journal::{Journal, lock_state_dir};
+use sidecar_governor::policy::{DEFAULT_POLICY_YAML, Policy, PolicyError};
+use sidecar_governor::quantity::format_cpu_millis;
+use sidecar_governor::sampler::{ProxyFiles, cpu_observation};
+use sidecar_governor::server::{Shared, router};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sidecar-governor",
+    version,
+    about = "Right-sizes service-mesh sidecar proxies through cgroup v2"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "SG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DiscoveryMode {
+    /// The container runtime (CRI) where its socket answers, else procfs.
+    Auto,
+    /// Scan /proc for proxy processes.
+    Procfs,
+    /// The container runtime's CRI API.
+    Cri,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct Roots {
+    /// The cgroup v2 mount.
+    #[arg(long, env = "SG_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    cgroup_root: PathBuf,
+    /// The procfs mount (the host's, with hostPID).
+    #[arg(long, env = "SG_PROC_ROOT", default_value = "/proc")]
+    proc_root: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the agent until SIGTERM/SIGINT.
+    Run {
+        /// Policy file (YAML). Without it the built-in defaults apply.
+        #[arg(long, env = "SG_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        roots: Roots,
+        /// Where the journal of original limits is kept (must survive restarts).
+        #[arg(
+            long,
+            env = "SG_STATE_DIR",
+            default_value = "/var/lib/sidecar-governor"
+        )]
+        state_dir: PathBuf,
+        /// Address of the metrics/health endpoint.
+        #[arg(long, env = "SG_LISTEN", default_value = "0.0.0.0:9477")]
+        listen: SocketAddr,
+        /// How proxies are found.
+        #[arg(long, env = "SG_DISCOVERY", value_enum, default_value_t = DiscoveryMode::Auto)]
+        discovery: DiscoveryMode,
+        /// Decide and export, write nothing (overrides the policy's dryRun).
+        #[arg(long, env = "SG_DRY_RUN")]
+        dry_run: bool,
+        /// Stop after this many ticks (benchmarks and tests).
+        #[arg(long, hide = true)]
+        max_ticks: Option<u64>,
+    },
+    /// Look once: every proxy found, its identity, cgroup, cpu.max and usage.
+    Discover {
+        #[command(flatten)]
+        roots: Roots,
+        /// Policy file for the match rules (defaults otherwise).
+        #[arg(long, env = "SG_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Validate a policy file: exit 0 when valid, else print each problem by field.
+    CheckConfig {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Put back every original limit in the journal (after a crash, before uninstalling).
+    Restore {
+        #[arg(long, env = "SG_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+        cgroup_root: PathBuf,
+        #[arg(
+            long,
+            env = "SG_STATE_DIR",
+            default_value = "/var/lib/sidecar-governor"
+        )]
+        state_dir: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn load_policy(config: Option<&Path>) -> Result<Policy, PolicyError> {
+    match config {
+        Some(path) => Policy::load(path),
+        None => Policy::from_yaml(DEFAULT_POLICY_YAML),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Cmd::Run {
+            config,
+            roots,
+            state_dir,
+            listen,
+            discovery,
+            dry_run,
+            max_ticks,
+        } => run(RunArgs {
+            config,
+            roots,
+            state_dir,
+            listen,
+            discovery,
+            dry_run,
+            max_ticks,
+        }),
+        Cmd::Discover {
+            roots,
+            config,
+            output,
+        } => discover(&roots, config.as_deref(), output),
+        Cmd::CheckConfig { file } => return check_config(&file),
+        Cmd::Restore {
+            cgroup_root,
+            state_dir,
+        } => restore(&cgroup_root, &state_dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("sidecar-governor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    match Policy::load(file) {
+        Ok(policy) => {
+            println!("{}: valid ({})", file.display(), policy.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e @ PolicyError::Read { .. }) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("{}: invalid policy", file.display());
+            for problem in e.field_errors() {
+                eprintln!("  {problem}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct RunArgs {
+    config: Option<PathBuf>,
+    roots: Roots,
+    state_dir: PathBuf,
+    listen: SocketAddr,
+    discovery: DiscoveryMode,
+    dry_run: bool,
+    max_ticks: Option<u64>,
+}
+
+fn make_discovery(mode: DiscoveryMode, roots: &Roots) -> anyhow::Result<ProcfsDiscovery> {
+    if mode == DiscoveryMode::Cri {
+        bail!("--discovery cri is not available yet in this build; use procfs or auto");
+    }
+    Ok(ProcfsDiscovery::new(&roots.proc_root, &roots.cgroup_root))
+}
+
+fn check_cgroup_root(root: &Path) -> anyhow::Result<()> {
+    if !root.join("cgroup.controllers").is_file() {
+        let hint = if root.join("cpu").is_dir() || root.join("cpu,cpuacct").is_dir() {
+            " (it looks like cgroup v1; sidecar-governor needs the unified cgroup v2 hierarchy)"
+        } else {
+            ""
+        };
+        bail!(
+            "{} is not a cgroup v2 mount: no cgroup.controllers{hint}",
+            root.display()
+        );
+    }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let policy =
+        load_policy(args.config.as_deref()).context("refusing to start with an invalid policy")?;
+    check_cgroup_root(&args.roots.cgroup_root)?;
+    let _lock = lock_state_dir(&args.state_dir)?;
+    let journal = Journal::load(&args.state_dir)?;
+    let discovery = make_discovery(args.discovery, &args.roots)?;
+    let shared = Arc::new(Shared::default());
+    info!(
+        policy = policy.summary(),
+        config = ?args.config,
+        cgroup_root = %args.roots.cgroup_root.display(),
+        proc_root = %args.roots.proc_root.display(),
+        state_dir = %args.state_dir.display(),
+        journaled = journal.len(),
+        discovery = "procfs",
+        dry_run = args.dry_run || policy.dry_run,
+        "starting"
+    );
+    let agent = Agent::new(
+        args.roots.cgroup_root.clone(),
+        policy,
+        args.dry_run,
+        Box::new(discovery),
+        journal,
+        shared.clone(),
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start async runtime")?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.listen))
+        .with_context(|| format!("listen on {}", args.listen))?;
+    info!(listen = %args.listen, "serving /metrics /healthz /readyz /debug/proxies");
+
+    let (commands, inbox) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let max_ticks = args.max_ticks;
+    let control = std::thread::Builder::new()
+        .name("control-loop".into())
+        .spawn(move || {
+            let outcome = agent.run(inbox, max_ticks);
+            let _ = done_tx.send(());
+            outcome
+        })
+        .context("start control loop")?;
+
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+        let server = axum::serve(listener, router(shared.clone()));
+        tokio::select! {
+            r = server => { r.context("metrics server")?; }
+            _ = term.recv() => info!("SIGTERM: stopping"),
+            _ = int.recv() => info!("SIGINT: stopping"),
+            _ = done_rx => info!("control loop finished"),
+        }
+        anyhow::Ok(())
+    })?;
+    let stopping = Instant::now();
+    let _ = commands.send(Command::Stop);
+    let outcome = control
+        .join()
+        .map_err(|_| anyhow::anyhow!("control loop panicked"))?;
+    if let Some(report) = outcome.restore
+        && !report.complete()
+    {
+        for (key, e) in &report.failed {
+            warn!(cgroup = key, error = %e, "not restored; kept in the journal");
+        }
+        bail!(
+            "{} container(s) could not be restored; run `sidecar-governor restore` once the cause is fixed",
+            report.failed.len()
+        );
+    }
+    info!(took_ms = stopping.elapsed().as_millis() as u64, "stopped");
+    Ok(())
+}
+
+#[derive(serde::Serialize)]
+struct DiscoverRow {
+    #[serde(flatten)]
+    proxy: Proxy,
+    cpu_max: Option<String>,
+    cpu_quota_millis: Option<u64>,
+    cpu_usage_millis: Option<f64>,
+}
+
+fn discover(roots: &Roots, config: Option<&Path>, output: Output) -> anyhow::Result<()> {
+    let policy = load_policy(config)?;
+    let mut discovery = ProcfsDiscovery::new(&roots.proc_root, &roots.cgroup_root);
+    let proxies = discovery.discover(&policy.matching)?;
+    // Two readings 250 ms apart give the usage.
+    let mut buf = Vec::new();
+    let mut first = Vec::new();
+    for p in &proxies {
+        let sample = ProxyFiles::open(&p.dir)
+            .and_then(|mut f| f.sample(&mut buf, Instant::now()).map(|s| (f, s)));
+        first.push(sample.ok());
+    }
+    std::thread::sleep(Duration::from_millis(250));
+    let mut rows = Vec::new();
+    for (p, first) in proxies.into_iter().zip(first) {
+        let mut row = DiscoverRow {
+            cpu_max: read_cpu_max(&p.dir).ok().map(|m| m.to_string()),
+            cpu_quota_millis: None,
+            cpu_usage_millis: None,
+            proxy: p,
+        };
+        if let Some((mut files, a)) = first
+            && let Ok(b) = files.sample(&mut buf, Instant::now())
+        {
+            row.cpu_quota_millis = b.cpu_max.millis();
+            row.cpu_usage_millis = cpu_observation(&a, &b, 0).map(|o| o.usage_millis);
+        }
+        rows.push(row);
+    }
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Output::Table => {
+            println!(
+                "{:<38} {:<14} {:<8} {:<7} {:>8} {:>8}  CGROUP",
+                "POD UID", "CONTAINER", "PROCESS", "PID", "QUOTA", "USAGE"
+            );
+            for r in &rows {
+                println!(
+                    "{:<38} {:<14} {:<8} {:<7} {:>8} {:>8}  {}",
+                    r.proxy.pod_uid,
+                    &r.proxy.container_id[..r.proxy.container_id.len().min(12)],
+                    r.proxy.process,
+                    r.proxy.pid,
+                    r.cpu_quota_millis
+                        .map_or_else(|| "max".into(), format_cpu_millis),
+                    r.cpu_usage_millis
+                        .map_or_else(|| "-".into(), |u| format!("{}m", u.round())),
+                    r.proxy.key
+                );
+            }
+            if rows.is_empty() {
+                println!("(no proxies found)");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn restore(cgroup_root: &Path, state_dir: &Path) -> anyhow::Result<()> {
+    let _lock = lock_state_dir(state_dir)?;
+    let mut journal = Journal::load(state_dir)?;
+    if journal.is_empty() {
+        println!(
+            "nothing to restore: the journal in {} is empty",
+            state_dir.display()
+        );
+        return Ok(());
+    }
+    let report = restore_all(cgroup_root, &mut journal)?;
+    println!(
+        "restored {}, gone {}, failed {}",
+        report.restored.len(),
+        report.gone.len(),
+        report.failed.len()
+    );
+    for (key, e) in &report.failed {
+        eprintln!("  {key}: {e}");
+    }
+    if !report.complete() {
+        bail!(
+            "{} container(s) not restored; they stay in the journal",
+            report.failed.len()
+        );
+    }
+    Ok(())
+}

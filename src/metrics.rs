@@ -1,0 +1,217 @@
+//! Prometheus metrics: one registry holding every family the agent exports, with bounded
+//! labels (per proxy: namespace, pod, container, pod UID, container ID; actions: resource,
+//! direction, reason; errors: kind). A proxy's series are removed when it goes.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of every per-proxy series.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyLabels {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub pod_uid: String,
+    pub container_id: String,
+}
+
+/// Labels of `actions_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub resource: &'static str,
+    pub direction: &'static str,
+    pub reason: &'static str,
+}
+
+/// Labels of `errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: &'static str,
+}
+
+/// Labels of `discovery_source`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub proxies: Gauge,
+    pub actions: Family<ActionLabels, Counter>,
+    pub cpu_quota_millicores: Family<ProxyLabels, FloatGauge>,
+    pub cpu_original_millicores: Family<ProxyLabels, FloatGauge>,
+    pub cpu_usage_millicores: Family<ProxyLabels, FloatGauge>,
+    pub cpu_throttled_ratio: Family<ProxyLabels, FloatGauge>,
+    pub tick_duration_seconds: Histogram,
+    pub ticks: Counter,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub conflicts: Counter,
+    pub journal_entries: Gauge,
+    pub discovery_source: Family<SourceLabels, Gauge>,
+    pub dry_run: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sidecar_governor");
+        let m = Metrics {
+            registry: Registry::default(),
+            proxies: Gauge::default(),
+            actions: Family::default(),
+            cpu_quota_millicores: Family::default(),
+            cpu_original_millicores: Family::default(),
+            cpu_usage_millicores: Family::default(),
+            cpu_throttled_ratio: Family::default(),
+            tick_duration_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            ticks: Counter::default(),
+            errors: Family::default(),
+            conflicts: Counter::default(),
+            journal_entries: Gauge::default(),
+            discovery_source: Family::default(),
+            dry_run: Gauge::default(),
+        };
+        registry.register("proxies", "Proxies governed now", m.proxies.clone());
+        registry.register(
+            "actions",
+            "Limit changes made (or, in dry run, decided), by resource, direction and reason",
+            m.actions.clone(),
+        );
+        registry.register(
+            "cpu_quota_millicores",
+            "CPU quota in force (cpu.max), in millicores",
+            m.cpu_quota_millicores.clone(),
+        );
+        registry.register(
+            "cpu_original_millicores",
+            "The container's original CPU quota before the agent changed it, in millicores",
+            m.cpu_original_millicores.clone(),
+        );
+        registry.register(
+            "cpu_usage_millicores",
+            "CPU used over the last tick, in millicores",
+            m.cpu_usage_millicores.clone(),
+        );
+        registry.register(
+            "cpu_throttled_ratio",
+            "Share of CFS periods throttled over the last tick",
+            m.cpu_throttled_ratio.clone(),
+        );
+        registry.register(
+            "tick_duration_seconds",
+            "Wall time of one control tick",
+            m.tick_duration_seconds.clone(),
+        );
+        registry.register("ticks", "Control ticks completed", m.ticks.clone());
+        registry.register("errors", "Errors by kind", m.errors.clone());
+        registry.register(
+            "conflicts",
+            "Limits changed by someone else and adopted as the new original",
+            m.conflicts.clone(),
+        );
+        registry.register(
+            "journal_entries",
+            "Containers whose originals are journaled (changed by the agent)",
+            m.journal_entries.clone(),
+        );
+        registry.register(
+            "discovery_source",
+            "1 for the discovery source in use",
+            m.discovery_source.clone(),
+        );
+        registry.register(
+            "dry_run",
+            "1 when decisions are not written",
+            m.dry_run.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts one error of `kind`.
+    pub fn error(&self, kind: &'static str) {
+        self.errors.get_or_create(&ErrorLabels { kind }).inc();
+    }
+
+    /// Counts one action.
+    pub fn action(&self, resource: &'static str, direction: &'static str, reason: &'static str) {
+        self.actions
+            .get_or_create(&ActionLabels {
+                resource,
+                direction,
+                reason,
+            })
+            .inc();
+    }
+
+    /// Removes every series of a proxy that went away.
+    pub fn forget(&self, labels: &ProxyLabels) {
+        self.cpu_quota_millicores.remove(labels);
+        self.cpu_original_millicores.remove(labels);
+        self.cpu_usage_millicores.remove(labels);
+        self.cpu_throttled_ratio.remove(labels);
+    }
+
+    /// Marks `source` as the discovery source in use.
+    pub fn set_source(&self, source: &'static str) {
+        for s in ["procfs", "cri"] {
+            self.discovery_source
+                .get_or_create(&SourceLabels { source: s })
+                .set(i64::from(s == source));
+        }
+    }
+
+    /// The exposition text (OpenMetrics).
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_removal() {
+        let m = Metrics::new();
+        let labels = ProxyLabels {
+            pod_uid: "u".into(),
+            container_id: "c".into(),
+            ..Default::default()
+        };
+        m.proxies.set(1);
+        m.cpu_quota_millicores.get_or_create(&labels).set(250.0);
+        m.action("cpu", "down", "idle");
+        m.error("read");
+        let text = m.encode();
+        for name in [
+            "sidecar_governor_proxies 1",
+            "sidecar_governor_actions_total{resource=\"cpu\",direction=\"down\",reason=\"idle\"} 1",
+            "sidecar_governor_cpu_quota_millicores{namespace=\"\",pod=\"\",container=\"\",pod_uid=\"u\",container_id=\"c\"} 250.0",
+            "sidecar_governor_errors_total{kind=\"read\"} 1",
+            "sidecar_governor_tick_duration_seconds_bucket",
+        ] {
+            assert!(text.contains(name), "{name} missing:\n{text}");
+        }
+        m.forget(&labels);
+        assert!(!m.encode().contains("pod_uid=\"u\""));
+    }
+}

@@ -1,0 +1,174 @@
+//! The sampler: per-proxy cgroup files held open ([`ProxyFiles`]) and read each tick into a
+//! [`RawSample`]; [`cpu_observation`] turns two samples into the deltas the controller
+//! decides on. Reading is the agent's hot path, so descriptors are kept and re-read with
+//! `pread` from offset 0 into one reused buffer.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::cgroup::parse::{parse_cpu_max, parse_cpu_stat, parse_pressure};
+use crate::cgroup::{CgroupError, CgroupFile, CpuMax, CpuStat, Pressure};
+use crate::controller::CpuObservation;
+
+/// The files read every tick for one proxy.
+#[derive(Debug)]
+pub struct ProxyFiles {
+    cpu_stat: CgroupFile,
+    cpu_max: CgroupFile,
+    /// Absent when the kernel runs without PSI (`psi=0`, Debian's default).
+    cpu_pressure: Option<CgroupFile>,
+}
+
+/// One tick's raw reading of a proxy's files.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RawSample {
+    pub at: Instant,
+    pub cpu: CpuStat,
+    pub cpu_max: CpuMax,
+    pub cpu_pressure: Option<Pressure>,
+}
+
+impl ProxyFiles {
+    /// Opens the files of the container cgroup `dir`.
+    pub fn open(dir: &Path) -> Result<Self, CgroupError> {
+        Ok(Self {
+            cpu_stat: CgroupFile::open(dir.join("cpu.stat"))?,
+            cpu_max: CgroupFile::open(dir.join("cpu.max"))?,
+            cpu_pressure: CgroupFile::open(dir.join("cpu.pressure")).ok(),
+        })
+    }
+
+    /// Reads all files now. A PSI read failure drops PSI for this proxy rather than the sample.
+    pub fn sample(&mut self, buf: &mut Vec<u8>, at: Instant) -> Result<RawSample, CgroupError> {
+        let cpu = self.cpu_stat.read_parsed(buf, parse_cpu_stat)?;
+        let cpu_max = self.cpu_max.read_parsed(buf, parse_cpu_max)?;
+        let cpu_pressure = match &self.cpu_pressure {
+            Some(file) => match file.read_parsed(buf, parse_pressure) {
+                Ok(p) => Some(p),
+                Err(e) if e.is_gone() => return Err(e),
+                Err(_) => {
+                    self.cpu_pressure = None;
+                    None
+                }
+            },
+            None => None,
+        };
+        Ok(RawSample {
+            at,
+            cpu,
+            cpu_max,
+            cpu_pressure,
+        })
+    }
+}
+
+/// Deltas between two samples as the controller sees them, with `quota_millis` the quota in
+/// force. `None` when no time passed or a counter went backwards (the cgroup was recreated).
+pub fn cpu_observation(
+    prev: &RawSample,
+    cur: &RawSample,
+    quota_millis: u64,
+) -> Option<CpuObservation> {
+    let elapsed = cur.at.checked_duration_since(prev.at)?;
+    let elapsed_us = elapsed.as_micros() as f64;
+    if elapsed_us <= 0.0 {
+        return None;
+    }
+    let usage = cur.cpu.usage_usec.checked_sub(prev.cpu.usage_usec)?;
+    let periods = cur.cpu.nr_periods.checked_sub(prev.cpu.nr_periods)?;
+    let throttled = cur.cpu.nr_throttled.checked_sub(prev.cpu.nr_throttled)?;
+    let throttled_us = cur
+        .cpu
+        .throttled_usec
+        .checked_sub(prev.cpu.throttled_usec)?;
+    let pressure_some = match (prev.cpu_pressure, cur.cpu_pressure) {
+        (Some(a), Some(b)) => b
+            .some_total_us
+            .checked_sub(a.some_total_us)
+            .map(|d| (d as f64 / elapsed_us).min(1.0)),
+        _ => None,
+    };
+    Some(CpuObservation {
+        elapsed,
+        usage_millis: usage as f64 * 1000.0 / elapsed_us,
+        throttled_ratio: if periods == 0 {
+            0.0
+        } else {
+            (throttled as f64 / periods as f64).min(1.0)
+        },
+        throttled_millis: throttled_us as f64 * 1000.0 / elapsed_us,
+        pressure_some,
+        quota_millis,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn sample(at: Instant, usage: u64, periods: u64, throttled: u64, t_us: u64) -> RawSample {
+        RawSample {
+            at,
+            cpu: CpuStat {
+                usage_usec: usage,
+                nr_periods: periods,
+                nr_throttled: throttled,
+                throttled_usec: t_us,
+                ..CpuStat::default()
+            },
+            cpu_max: CpuMax {
+                quota_us: Some(10_000),
+                period_us: 100_000,
+            },
+            cpu_pressure: Some(Pressure {
+                some_total_us: usage / 2,
+                full_total_us: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn deltas_per_second() {
+        let t0 = Instant::now();
+        let a = sample(t0, 1_000_000, 100, 0, 0);
+        let b = sample(t0 + Duration::from_secs(2), 1_200_000, 120, 10, 1_800_000);
+        let o = cpu_observation(&a, &b, 100).unwrap();
+        assert!((o.usage_millis - 100.0).abs() < 1e-9);
+        assert!((o.throttled_ratio - 0.5).abs() < 1e-9);
+        assert!((o.throttled_millis - 900.0).abs() < 1e-9);
+        assert!((o.pressure_some.unwrap() - 0.05).abs() < 1e-9);
+        assert_eq!(o.elapsed, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn counters_going_backwards_mean_no_observation() {
+        let t0 = Instant::now();
+        let a = sample(t0, 5_000_000, 100, 0, 0);
+        let b = sample(t0 + Duration::from_secs(1), 10, 1, 0, 0);
+        assert_eq!(cpu_observation(&a, &b, 100), None);
+        assert_eq!(cpu_observation(&a, &a, 100), None);
+    }
+
+    #[test]
+    fn files_are_reread_and_psi_is_optional() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpu.stat"), "usage_usec 5\n").unwrap();
+        std::fs::write(dir.path().join("cpu.max"), "max 100000\n").unwrap();
+        let mut files = ProxyFiles::open(dir.path()).unwrap();
+        let mut buf = Vec::new();
+        let s = files.sample(&mut buf, Instant::now()).unwrap();
+        assert_eq!((s.cpu.usage_usec, s.cpu_pressure), (5, None));
+        std::fs::write(dir.path().join("cpu.stat"), "usage_usec 9\n").unwrap();
+        assert_eq!(
+            files
+                .sample(&mut buf, Instant::now())
+                .unwrap()
+                .cpu
+                .usage_usec,
+            9
+        );
+        std::fs::remove_file(dir.path().join("cpu.max")).unwrap();
+        assert!(ProxyFiles::open(dir.path()).unwrap_err().is_gone());
+    }
+}
