@@ -10,6 +10,9 @@ use crate::cgroup::parse::{parse_cpu_max, parse_cpu_stat, parse_pressure};
 use crate::cgroup::{CgroupError, CgroupFile, CpuMax, CpuStat, Pressure};
 use crate::controller::CpuObservation;
 
+/// The interface files read every tick for each proxy (the benchmark's baseline reads the same).
+pub const TICK_FILES: &[&str] = &["cpu.stat", "cpu.max", "cpu.pressure"];
+
 /// The files read every tick for one proxy.
 #[derive(Debug)]
 pub struct ProxyFiles {

@@ -82,6 +82,9 @@ const fn libc_enodev() -> i32 {
     19
 }
 
+/// No cgroup interface file the agent reads comes near this; anything larger is not one.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
 /// A cgroup file held open and re-read with `pread` at offset 0 each time.
 #[derive(Debug)]
 pub struct CgroupFile {
@@ -111,6 +114,12 @@ impl CgroupFile {
         }
         let mut offset = 0usize;
         loop {
+            if buf.len() as u64 >= MAX_FILE_BYTES {
+                return Err(CgroupError::Parse {
+                    path: self.path.clone(),
+                    source: ParseError::Malformed(format!("larger than {MAX_FILE_BYTES} bytes")),
+                });
+            }
             if buf.len() == buf.capacity() {
                 buf.reserve(buf.capacity());
             }
@@ -163,11 +172,22 @@ pub fn read_value<T>(
     name: &str,
     parse: impl FnOnce(&str) -> Result<T, ParseError>,
 ) -> Result<T, CgroupError> {
+    use std::io::Read;
     let path = dir.join(name);
-    let text = std::fs::read_to_string(&path).map_err(|source| CgroupError::Read {
+    let read_err = |source| CgroupError::Read {
         path: path.clone(),
         source,
-    })?;
+    };
+    let mut text = String::new();
+    File::open(&path)
+        .and_then(|f| f.take(MAX_FILE_BYTES).read_to_string(&mut text))
+        .map_err(read_err)?;
+    if text.len() as u64 >= MAX_FILE_BYTES {
+        return Err(CgroupError::Parse {
+            path,
+            source: ParseError::Malformed(format!("larger than {MAX_FILE_BYTES} bytes")),
+        });
+    }
     parse(&text).map_err(|source| CgroupError::Parse { path, source })
 }
 

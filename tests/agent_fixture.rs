@@ -1,0 +1,347 @@
+//! The whole agent (discovery → sampler → controller → actuator → journal → metrics) driven
+//! tick by tick against fixture trees shaped like cgroupfs and procfs. These prove the
+//! wiring and the bookkeeping; the kernel's own behaviour is proven in the VM tests
+//! (scripts/vm-e2e.sh).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Container, Node};
+use sidecar_governor::agent::Agent;
+use sidecar_governor::discovery::procfs::ProcfsDiscovery;
+use sidecar_governor::journal::Journal;
+use sidecar_governor::policy::Policy;
+use sidecar_governor::server::Shared;
+
+const TWO_CORES: &str = "200000 100000";
+
+fn policy() -> Policy {
+    Policy::from_yaml(
+        "interval: 1s\nmatch:\n  rescanInterval: 1s\ncpu:\n  min: 100m\n  max: \"2\"\n  scaleDownAfter: 3s\n",
+    )
+    .unwrap()
+}
+
+struct Harness {
+    agent: Agent,
+    shared: Arc<Shared>,
+    now: Instant,
+}
+
+impl Harness {
+    fn new(node: &Node, policy: Policy, dry_run: bool) -> Harness {
+        let journal = Journal::load(&node.state).unwrap();
+        let shared = Arc::new(Shared::default());
+        let discovery = ProcfsDiscovery::new(&node.proc, &node.cgroup);
+        let agent = Agent::new(
+            node.cgroup.clone(),
+            policy,
+            dry_run,
+            Box::new(discovery),
+            journal,
+            shared.clone(),
+        );
+        Harness {
+            agent,
+            shared,
+            now: Instant::now(),
+        }
+    }
+
+    fn tick(&mut self) {
+        self.now += Duration::from_secs(1);
+        self.agent.tick(self.now);
+    }
+
+    fn metrics(&self) -> String {
+        self.shared.metrics.encode()
+    }
+}
+
+/// Runs `ticks` seconds: each container uses what `load` says under its current quota.
+fn run(h: &mut Harness, containers: &mut [&mut Container], ticks: usize, load: impl Fn(usize, u64) -> u64) {
+    for _ in 0..ticks {
+        for (i, c) in containers.iter_mut().enumerate() {
+            let quota = c.quota_millis().unwrap_or(u64::MAX);
+            let demand = load(i, quota);
+            let used = demand.min(quota);
+            c.run_for_a_second(used, demand - used);
+        }
+        h.tick();
+    }
+}
+
+fn proxy(node: &mut Node, pod: usize, n: usize) -> Container {
+    let mut c = node.container(pod, n, TWO_CORES);
+    node.process(&mut c, "envoy", &["/usr/local/bin/envoy", "--concurrency", "2"]);
+    c
+}
+
+#[test]
+fn one_idle_proxy_shrinks_to_the_floor_and_the_app_is_untouched() {
+    let mut node = Node::new();
+    let mut envoy = proxy(&mut node, 1, 1);
+    let mut app = node.container(1, 2, "100000 100000");
+    node.process(&mut app, "app", &["/app"]);
+    let pod_before = envoy.pod_cpu_max();
+    let mut h = Harness::new(&node, policy(), false);
+
+    run(&mut h, &mut [&mut envoy, &mut app], 45, |_, _| 5);
+
+    assert_eq!(envoy.cpu_max(), "10000 100000", "idle proxy at the 100m floor");
+    assert_eq!(app.cpu_max(), "100000 100000", "app never written");
+    assert_eq!(envoy.pod_cpu_max(), pod_before, "pod cgroup never written");
+    let journal = Journal::load(&node.state).unwrap();
+    assert_eq!(journal.get(&envoy.rel).unwrap().cpu_max, TWO_CORES);
+    assert!(journal.get(&app.rel).is_none());
+    let m = h.metrics();
+    assert!(m.contains("sidecar_governor_proxies 1"), "{m}");
+    assert!(
+        m.contains("sidecar_governor_actions_total{resource=\"cpu\",direction=\"down\",reason=\"idle\"}"),
+        "{m}"
+    );
+    assert!(m.contains(&format!("pod_uid=\"{}\"", envoy.pod_uid)), "{m}");
+    assert!(m.contains("sidecar_governor_cpu_quota_millicores{") && m.contains("} 100.0"), "{m}");
+}
+
+#[test]
+fn idle_and_hot_proxies_side_by_side() {
+    let mut node = Node::new();
+    let mut idle = proxy(&mut node, 1, 1);
+    let mut hot = proxy(&mut node, 2, 2);
+    let mut h = Harness::new(&node, policy(), false);
+    // The hot one wants 1.5 cores throughout.
+    run(&mut h, &mut [&mut idle, &mut hot], 45, |i, _| if i == 0 { 3 } else { 1500 });
+    assert_eq!(idle.quota_millis(), Some(100));
+    assert!(hot.quota_millis().unwrap() >= 1500, "hot keeps what it uses: {}", hot.cpu_max());
+}
+
+#[test]
+fn a_proxy_that_turns_hot_regains_quota_within_three_ticks() {
+    let mut node = Node::new();
+    let mut envoy = proxy(&mut node, 1, 1);
+    let mut h = Harness::new(&node, policy(), false);
+    run(&mut h, &mut [&mut envoy], 45, |_, _| 2);
+    assert_eq!(envoy.quota_millis(), Some(100));
+    run(&mut h, &mut [&mut envoy], 3, |_, _| 1000);
+    assert!(envoy.quota_millis().unwrap() >= 1000, "{}", envoy.cpu_max());
+    assert!(h.metrics().contains("direction=\"up\",reason=\"throttled\""));
+}
+
+#[test]
+fn many_proxies_in_both_layouts() {
+    let mut node = Node::new();
+    let mut containers = Vec::new();
+    for n in 0..60 {
+        let mut c = if n % 2 == 0 {
+            node.container(n, n, TWO_CORES)
+        } else {
+            node.container_systemd(n, n, TWO_CORES)
+        };
+        node.process(&mut c, if n % 3 == 0 { "linkerd2-proxy" } else { "envoy" }, &["proxy"]);
+        containers.push(c);
+    }
+    let mut h = Harness::new(&node, policy(), false);
+    let mut refs: Vec<&mut Container> = containers.iter_mut().collect();
+    run(&mut h, &mut refs, 45, |_, _| 1);
+    assert!(h.metrics().contains("sidecar_governor_proxies 60"));
+    for c in &containers {
+        assert_eq!(c.quota_millis(), Some(100), "{}", c.rel);
+    }
+    assert_eq!(Journal::load(&node.state).unwrap().len(), 60);
+}
+
+#[test]
+fn several_processes_in_one_container_are_one_proxy() {
+    let mut node = Node::new();
+    let mut envoy = proxy(&mut node, 1, 1);
+    let cgroup = format!("/{}", envoy.rel);
+    node.process_with_pid(5000, &cgroup, "envoy", &["envoy"], 1);
+    node.process_with_pid(5001, &cgroup, "pilot-agent", &["pilot-agent", "proxy", "sidecar"], 1);
+    let mut h = Harness::new(&node, policy(), false);
+    run(&mut h, &mut [&mut envoy], 2, |_, _| 1);
+    assert_eq!(h.agent.governed().len(), 1);
+}
+
+#[test]
+fn gateways_and_non_pod_processes_are_not_governed() {
+    let mut node = Node::new();
+    let gw = node.container(1, 1, TWO_CORES);
+    node.process_with_pid(10, &format!("/{}", gw.rel), "pilot-agent", &["pilot-agent", "proxy", "router"], 1);
+    node.process_with_pid(11, &format!("/{}", gw.rel), "envoy", &["envoy"], 10);
+    std::fs::create_dir_all(node.cgroup.join("system.slice/envoy.service")).unwrap();
+    node.process_with_pid(12, "/system.slice/envoy.service", "envoy", &["envoy"], 1);
+    node.process_with_pid(13, "/../../escape", "envoy", &["envoy"], 1);
+    let mut h = Harness::new(&node, policy(), false);
+    for _ in 0..40 {
+        h.tick();
+    }
+    assert!(h.agent.governed().is_empty());
+    assert_eq!(gw.cpu_max(), TWO_CORES);
+}
+
+#[test]
+fn a_vanished_process_releases_its_container() {
+    let mut node = Node::new();
+    let mut envoy = proxy(&mut node, 1, 1);
+    let mut h = Harness::new(&node, policy(), false);
+    run(&mut h, &mut [&mut envoy], 40, |_, _| 1);
+    assert_eq!(envoy.quota_millis(), Some(100));
+    node.kill(envoy.pid.unwrap());
+    h.tick();
+    assert!(h.agent.governed().is_empty());
+    assert_eq!(envoy.cpu_max(), TWO_CORES, "released container gets its original back");
+    assert!(Journal::load(&node.state).unwrap().is_empty());
+    let m = h.metrics();
+    assert!(!m.contains(&envoy.pod_uid), "series of a released proxy removed:\n{m}");
+    assert!(m.contains("direction=\"restore\",reason=\"released\""), "{m}");
+}
+
+#[test]
+fn a_vanished_cgroup_is_forgotten_quietly() {
+    let mut node = Node::new();
+    let mut envoy = proxy(&mut node, 1, 1);
+    let mut h = Harness::new(&node, policy(), false);
+    run(&mut h, &mut [&mut envoy], 40, |_, _| 1);
+    std::fs::remove_dir_all(&envoy.dir).unwrap();
+    h.tick();
+    node.kill(envoy.pid.unwrap());
+    h.tick();
+    assert!(h.agent.governed().is_empty());
+    assert!(Journal::load(&node.state).unwrap().is_empty());
+    let m = h.metrics();
+    assert!(!m.contains("sidecar_governor_errors_total{"), "churn is not an error:\n{m}");
+    assert!(!m.contains(&envoy.pod_uid));
+}
+
+#[test]
+fn an_unwritable_cpu_max_is_counted_not_fatal() {
+    let mut node = Node::new();
+    let mut bad = proxy(&mut node, 1, 1);
+    let mut good = proxy(&mut node, 2, 2);
+    let mut h = Harness::new(&node, policy(), false);
+    h.tick();
+    // Writes to the bad one's cpu.max now fail (EISDIR): the agent keeps its open descriptor
+    // for reading, but every write is refused.
+    std::fs::remove_file(bad.dir.join("cpu.max")).unwrap();
+    std::fs::create_dir(bad.dir.join("cpu.max")).unwrap();
+    for _ in 0..40 {
+        bad.run_for_a_second(1, 0);
+        run(&mut h, &mut [&mut good], 1, |_, _| 1);
+    }
+    assert_eq!(good.quota_millis(), Some(100), "the healthy proxy is still governed");
+    let m = h.metrics();
+    assert!(m.contains("sidecar_governor_errors_total{kind=\"write\"}"), "{m}");
+    assert!(m.contains("sidecar_governor_proxies 2"), "{m}");
+}
+
+#[test]
+fn a_crash_keeps_the_originals_and_a_restart_restores_them() {
+    let mut node = Node::new();
+    let mut envoy = proxy(&mut node, 1, 1);
+    {
+        let mut h = Harness::new(&node, policy(), false);
+        run(&mut h, &mut [&mut envoy], 40, |_, _| 1);
+        assert_eq!(envoy.quota_millis(), Some(100));
+        // Dropped without shutdown: a kill -9.
+    }
+    let mut h = Harness::new(&node, policy(), false);
+    run(&mut h, &mut [&mut envoy], 5, |_, _| 1);
+    assert_eq!(envoy.quota_millis(), Some(100), "no fight with our own earlier writes");
+    assert_eq!(h.metrics().contains("sidecar_governor_conflicts_total 0"), true);
+    let out = h.agent.shutdown();
+    assert!(out.restore.unwrap().complete());
+    assert_eq!(envoy.cpu_max(), TWO_CORES, "original from the journal, not the shrunk value");
+    assert!(Journal::load(&node.state).unwrap().is_empty());
+}
+
+#[test]
+fn dry_run_decides_the_same_and_writes_nothing() {
+    let mut node = Node::new();
+    let mut live_c = proxy(&mut node, 1, 1);
+    let mut node2 = Node::new();
+    let mut dry_c = proxy(&mut node2, 1, 1);
+    let mut live = Harness::new(&node, policy(), false);
+    let mut dry = Harness::new(&node2, policy(), true);
+    run(&mut live, &mut [&mut live_c], 40, |_, _| 1);
+    run(&mut dry, &mut [&mut dry_c], 40, |_, _| 1);
+    assert_eq!(dry_c.cpu_max(), TWO_CORES);
+    assert!(Journal::load(&node2.state).unwrap().is_empty());
+    let actions = |m: &str| {
+        m.lines()
+            .filter(|l| l.starts_with("sidecar_governor_actions_total"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(actions(&live.metrics()), actions(&dry.metrics()));
+    assert!(!actions(&dry.metrics()).is_empty());
+    let quota = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("sidecar_governor_cpu_quota_millicores"))
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    assert_eq!(quota(&dry.metrics()), Some("100.0".into()));
+    assert!(dry.metrics().contains("sidecar_governor_dry_run 1"));
+    dry.agent.shutdown();
+    assert_eq!(dry_c.cpu_max(), TWO_CORES);
+}
+
+#[test]
+fn an_external_change_is_adopted_not_reverted() {
+    let mut node = Node::new();
+    let mut envoy = proxy(&mut node, 1, 1);
+    let mut h = Harness::new(&node, policy(), false);
+    run(&mut h, &mut [&mut envoy], 40, |_, _| 1);
+    assert_eq!(envoy.quota_millis(), Some(100));
+    // kubelet resizes the container to 1.5 cores.
+    std::fs::write(envoy.dir.join("cpu.max"), "150000 100000\n").unwrap();
+    run(&mut h, &mut [&mut envoy], 30, |_, _| 1);
+    assert_eq!(envoy.cpu_max(), "150000 100000", "left alone during the back-off");
+    assert!(h.metrics().contains("sidecar_governor_conflicts_total 1"));
+    // After the back-off (2m) it governs again, with the new original as the ceiling.
+    run(&mut h, &mut [&mut envoy], 150, |_, _| 1);
+    assert_eq!(envoy.quota_millis(), Some(100));
+    h.agent.shutdown();
+    assert_eq!(envoy.cpu_max(), "150000 100000", "restores the adopted original");
+}
+
+#[test]
+fn a_policy_change_applies_on_the_next_tick() {
+    let mut node = Node::new();
+    let mut envoy = proxy(&mut node, 1, 1);
+    let mut h = Harness::new(&node, policy(), false);
+    run(&mut h, &mut [&mut envoy], 3, |_, _| 1000);
+    let mut tighter = policy();
+    tighter.cpu.max_millis = 800;
+    h.agent.set_policy(tighter);
+    run(&mut h, &mut [&mut envoy], 1, |_, _| 1000);
+    assert_eq!(envoy.quota_millis(), Some(800));
+    assert!(h.metrics().contains("direction=\"down\",reason=\"policy\""));
+}
+
+#[test]
+fn an_unlimited_original_is_bounded_and_restored_to_max() {
+    let mut node = Node::new();
+    let mut c = node.container(1, 1, "max 100000");
+    node.process(&mut c, "envoy", &["envoy"]);
+    let mut h = Harness::new(&node, policy(), false);
+    run(&mut h, &mut [&mut c], 45, |_, _| 1);
+    assert_eq!(c.quota_millis(), Some(100));
+    h.agent.shutdown();
+    assert_eq!(c.cpu_max(), "max 100000");
+}
+
+#[test]
+fn restore_on_exit_off_leaves_limits_and_journal() {
+    let mut node = Node::new();
+    let mut envoy = proxy(&mut node, 1, 1);
+    let mut p = policy();
+    p.restore_on_exit = false;
+    let mut h = Harness::new(&node, p, false);
+    run(&mut h, &mut [&mut envoy], 40, |_, _| 1);
+    assert!(h.agent.shutdown().restore.is_none());
+    assert_eq!(envoy.quota_millis(), Some(100));
+    assert_eq!(Journal::load(&node.state).unwrap().len(), 1);
+}
