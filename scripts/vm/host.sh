@@ -6,6 +6,7 @@
 #   SG_VM_CACHE    cache directory (default <repo>/.vm-cache): the kernel, the initramfs, logs
 #   SG_VM_KERNEL   a vmlinuz to boot instead of Debian's linux-image-amd64
 #   SG_VM_NO_BUILD set to 1 to skip `cargo build --release` (use the binaries already built)
+#   SG_VM_AGENT    the agent binary to install (default target/release/sidecar-governor)
 #   SG_VM_MEM      guest memory in MiB (default 1024)
 #   SG_VM_SMP      guest CPUs (default 2)
 
@@ -81,7 +82,7 @@ sg_host_build() {
 # Copy a dynamic binary's libraries (as ldd lists them) and the loader into the root $1.
 sg_host_copy_libs() {
 	local root=$1 bin=$2 lib
-	ldd "$bin" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
+	{ ldd "$bin" 2>/dev/null || true; } | { grep -o '/[^ ]*' || true; } | while read -r lib; do
 		[[ -e $root$lib ]] && continue
 		mkdir -p "$root$(dirname "$lib")"
 		cp -L "$lib" "$root$lib"
@@ -101,15 +102,16 @@ sg_host_initramfs() {
 		ln -sf busybox "$root/bin/$b"
 	done
 	local rel=$SG_REPO/target/release
-	[[ -x $rel/sidecar-governor ]] || sg_host_die "no $rel/sidecar-governor (cargo build --release)"
+	local agent=${SG_VM_AGENT:-$rel/sidecar-governor}
+	[[ -x $agent ]] || sg_host_die "no $agent (cargo build --release)"
 	[[ -x $rel/examples/stand_in_proxy ]] || sg_host_die "no $rel/examples/stand_in_proxy"
-	cp "$rel/sidecar-governor" "$root/bin/sidecar-governor"
+	cp "$agent" "$root/bin/sidecar-governor"
 	# The stand-in under the names the agent looks for (comm is the file name) and as an app.
 	cp "$rel/examples/stand_in_proxy" "$root/bin/envoy"
 	cp "$rel/examples/stand_in_proxy" "$root/bin/app"
 	cp "$rel/examples/stand_in_proxy" "$root/usr/local/bin/linkerd2-proxy"
 	cp "$rel/examples/stand_in_proxy" "$root/usr/local/bin/pilot-agent"
-	for b in "$rel/sidecar-governor" "$rel/examples/stand_in_proxy"; do
+	for b in "$agent" "$rel/examples/stand_in_proxy"; do
 		sg_host_copy_libs "$root" "$b"
 	done
 	cp "$SG_VM_DIR/init" "$root/init"
@@ -140,7 +142,7 @@ sg_host_boot() {
 			-nographic -no-reboot -nic none \
 			-kernel "$SG_KERNEL" -initrd "$initrd" -append "$append" </dev/null 2>&1 || qrc=$?
 		echo "$qrc" >"$log.rc"
-	} | tr -d '\r' | tee "$log"
+	} | sed -u 's/\r$//' | tee "$log"
 	local rc
 	rc=$(cat "$log.rc")
 	rm -f "$log.rc"

@@ -195,13 +195,17 @@ sg_standard_pods() {
 	sg_spawn "$APP_B" app-b /bin/app --mode idle
 
 	PROXIES="$PROXY_A $PROXY_B"
+	SG_TRACE="A=$PROXY_A B=$PROXY_B"
 	APPS="$APP_A $APP_B"
 	for _d in $PROXIES $APPS $POD_A $POD_B; do
 		_n=$(echo "${_d#"$CG"/}" | tr / :)
 		sg_save "$_n.cpu.max" "$_d/cpu.max"
 		sg_save "$_n.cpu.max.burst" "$_d/cpu.max.burst"
 	done
-	export UID_A UID_B CID_A CID_B CTL_A CTL_B POD_A POD_B PROXY_A PROXY_B APP_A APP_B PROXIES APPS
+	# Everything kubelet owns that is not a proxy container: apps, pods, QoS levels, kubepods.
+	sg_untouched_snapshot "$APP_A" "$APP_B" "$POD_A" "$POD_B" "$(dirname "$POD_A")" \
+		"$(dirname "$POD_B")" "$CG/kubepods.slice" "$CG/kubepods" >"$SG_RUN/untouched.before"
+	export UID_A UID_B CID_A CID_B CTL_A CTL_B POD_A POD_B PROXY_A PROXY_B APP_A APP_B PROXIES APPS SG_TRACE
 	sg_log "pods: A=${POD_A#"$CG"/} B=${POD_B#"$CG"/}"
 }
 
@@ -215,6 +219,52 @@ sg_untouched_snapshot() {
 			[ -f "$_d/$_f" ] && printf '%s/%s=%s\n' "${_d#"$CG"/}" "$_f" "$(cat "$_d/$_f")"
 		done
 	done
+}
+
+# Compare the non-proxy cgroups with the snapshot taken at setup (0 when byte-for-byte equal).
+sg_untouched_same() {
+	sg_untouched_snapshot "$APP_A" "$APP_B" "$POD_A" "$POD_B" "$(dirname "$POD_A")" \
+		"$(dirname "$POD_B")" "$CG/kubepods.slice" "$CG/kubepods" >"$SG_RUN/untouched.now"
+	cmp -s "$SG_RUN/untouched.before" "$SG_RUN/untouched.now"
+}
+
+# Assert that the non-proxy cgroups are unchanged; print the difference when they are not.
+sg_check_untouched() {
+	if sg_untouched_same; then
+		sg_ok "app, pod and QoS cgroups unchanged ($(wc -l <"$SG_RUN/untouched.before") values)"
+	else
+		sg_fail "app/pod cgroups changed: $(diff "$SG_RUN/untouched.before" "$SG_RUN/untouched.now" | grep '^[-+][^-+]' | tr '\n' ' ')"
+	fi
+}
+
+# Assert that every proxy's cpu.max and cpu.max.burst are back to the values kubelet wrote.
+sg_check_restored() {
+	for _nd in $SG_TRACE; do
+		_d=${_nd#*=}
+		sg_expect "$1: proxy ${_nd%%=*} cpu.max" "$(sg_cpu_max "$_d")" "$(sg_orig "$_d" cpu.max)"
+		sg_expect "$1: proxy ${_nd%%=*} cpu.max.burst" "$(cat "$_d/cpu.max.burst")" "$(sg_orig "$_d" cpu.max.burst)"
+	done
+}
+
+# Log the proxies' cpu.max once a second in the background; sg_trace_stop prints the lines where
+# a value changed. SG_TRACE: "NAME=DIR ..." (sg_standard_pods sets "A=$PROXY_A B=$PROXY_B").
+sg_trace_start() {
+	: >"$SG_RUN/trace.log"
+	(
+		while :; do
+			_line="t=$(awk '{ printf "%.0f", $1 }' /proc/uptime)s"
+			for _nd in $SG_TRACE; do _line="$_line ${_nd%%=*}=$(sg_quota_m "${_nd#*=}")m"; done
+			echo "$_line" >>"$SG_RUN/trace.log"
+			sleep 1
+		done
+	) &
+	SG_TRACE_PID=$!
+}
+sg_trace_stop() {
+	kill "$SG_TRACE_PID" 2>/dev/null || true
+	wait "$SG_TRACE_PID" 2>/dev/null || true
+	sg_log "cpu.max quota trace (millicores), lines where it changed:"
+	awk '{ t = $1; $1 = ""; if ($0 != last) print "    " t $0; last = $0 }' "$SG_RUN/trace.log"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +294,22 @@ sg_wait() {
 	return 0
 }
 
+# sg_window DIR SECONDS: measure cpu.stat over a window. Sets W_USAGE_M (millicores),
+# W_PERIODS, W_THROTTLED (periods) and W_THROTTLED_PCT.
+sg_window() {
+	_u0=$(sg_stat "$1" usage_usec) _p0=$(sg_stat "$1" nr_periods) _n0=$(sg_stat "$1" nr_throttled)
+	_t0=$(sg_now_ms)
+	sleep "$2"
+	_u1=$(sg_stat "$1" usage_usec) _p1=$(sg_stat "$1" nr_periods) _n1=$(sg_stat "$1" nr_throttled)
+	_t1=$(sg_now_ms)
+	W_USAGE_M=$(((_u1 - _u0) / (_t1 - _t0)))
+	W_PERIODS=$((_p1 - _p0))
+	W_THROTTLED=$((_n1 - _n0))
+	W_THROTTLED_PCT=0
+	if [ "$W_PERIODS" -gt 0 ]; then W_THROTTLED_PCT=$((W_THROTTLED * 100 / W_PERIODS)); fi
+}
+
+sg_quota_value_at_least() { [ "$1" = max ] || [ "$1" -ge "$2" ]; }
 sg_quota_below() { _q=$(sg_quota "$1") && [ "$_q" != max ] && [ "$_q" -lt "$2" ]; }
 sg_quota_at_least() { _q=$(sg_quota "$1") && { [ "$_q" = max ] || [ "$_q" -ge "$2" ]; }; }
 sg_between() { [ "$1" -ge "$2" ] && [ "$1" -le "$3" ]; }
@@ -270,12 +336,13 @@ sg_agent_start() {
 	rm -f "$SG_RUN/agent.pid" "$SG_RUN/agent.rc"
 	echo "--- agent start $(sg_now_ms) ms" >>"$SG_RUN/agent.log"
 	(
+		_rc=0
 		# shellcheck disable=SC2016
-		NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} sh -c 'echo $$ >"$0" && exec "$@"' \
+		NO_COLOR=1 SG_LOG=${SG_LOG:-info} sh -c 'echo $$ >"$0" && exec "$@"' \
 			"$SG_RUN/agent.pid" "$SG_BIN" run --config "$SG_POLICY" --cgroup-root "$CG" \
 			--proc-root /proc --state-dir "$SG_STATE" --listen "$SG_LISTEN" "$@" \
-			>>"$SG_RUN/agent.log" 2>&1
-		echo $? >"$SG_RUN/agent.rc"
+			>>"$SG_RUN/agent.log" 2>&1 || _rc=$?
+		echo "$_rc" >"$SG_RUN/agent.rc"
 	) &
 	sg_wait 5 test -s "$SG_RUN/agent.pid" || {
 		sg_fail "agent did not start"

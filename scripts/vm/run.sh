@@ -26,7 +26,7 @@ for s in $scenarios; do
 	if [ "$rc" = 0 ] && [ ! -s "$SG_RUN/failures" ]; then
 		echo "SCENARIO-RESULT $s PASS (${secs}s)"
 	else
-		detail=$(head -n 3 "$SG_RUN/failures" 2>/dev/null | tr '\n' ';')
+		detail=$(head -n 3 "$SG_RUN/failures" 2>/dev/null | tr '\n' ';' | sed 's/;$//; s/;/; /g')
 		case $rc in
 		0 | 1) ;;
 		124 | 137 | 143) detail="timeout after ${limit}s; $detail" ;;
