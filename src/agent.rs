@@ -15,6 +15,7 @@ use crate::actuator::{self, RestoreReport};
 use crate::cgroup::{CgroupError, CpuMax};
 use crate::controller::{CpuBounds, CpuObservation, CpuState, Reason, decide_cpu};
 use crate::discovery::{Discovery, Proxy};
+use crate::events::{EventReason, EventSink, NoEvents, PodEvent};
 use crate::journal::{Entry, Journal, JournalError};
 use crate::metrics::ProxyLabels;
 use crate::policy::Policy;
@@ -69,6 +70,7 @@ pub struct Agent {
     shared: Arc<Shared>,
     last_scan: Option<Instant>,
     buf: Vec<u8>,
+    events: Arc<dyn EventSink>,
 }
 
 /// `Discovery` plus `Debug`, so the agent can derive `Debug`.
@@ -106,12 +108,19 @@ impl Agent {
             shared,
             last_scan: None,
             buf: Vec::with_capacity(4096),
+            events: Arc::new(NoEvents),
         };
         agent.publish_mode();
         agent
     }
 
+    /// Sends Kubernetes Events about governed pods to `sink` (off by default).
+    pub fn set_events(&mut self, sink: Arc<dyn EventSink>) {
+        self.events = sink;
+    }
+
     fn publish_mode(&self) {
+        self.shared.metrics.set_policy(&self.policy);
         let dry = self.dry_run();
         self.shared
             .dry_run
@@ -309,12 +318,32 @@ impl Agent {
         if self.dry_run() {
             return None;
         }
+        let pods: BTreeMap<String, (String, String, String)> = self
+            .journal
+            .entries()
+            .filter(|(k, _)| select(k))
+            .map(|(k, e)| {
+                (
+                    k.clone(),
+                    (e.namespace.clone(), e.pod.clone(), e.pod_uid.clone()),
+                )
+            })
+            .collect();
         match actuator::restore_journal(&self.cgroup_root, &mut self.journal, select) {
             Ok(report) => {
-                for _ in &report.restored {
+                for key in &report.restored {
                     self.shared
                         .metrics
                         .action("cpu", "restore", reason.as_str());
+                    if let Some((namespace, pod, pod_uid)) = pods.get(key.as_str()) {
+                        self.events.emit(PodEvent {
+                            namespace: namespace.clone(),
+                            pod: pod.clone(),
+                            pod_uid: pod_uid.clone(),
+                            reason: EventReason::Restored,
+                            message: format!("Original limits put back ({})", reason.as_str()),
+                        });
+                    }
                 }
                 for (_, e) in &report.failed {
                     self.shared.metrics.error(e.kind());
@@ -363,6 +392,16 @@ impl Agent {
                         "cpu.max changed by someone else (kubelet resize or an operator); adopting it as the original"
                     );
                     self.shared.metrics.conflicts.inc();
+                    self.events.emit(PodEvent {
+                        namespace: g.proxy.namespace.clone(),
+                        pod: g.proxy.pod.clone(),
+                        pod_uid: g.proxy.pod_uid.clone(),
+                        reason: EventReason::Conflict,
+                        message: format!(
+                            "cpu.max of container {} changed by someone else (wrote {w}, found {}): adopted as the original; backing off",
+                            g.proxy.container, sample.cpu_max
+                        ),
+                    });
                     g.original = sample.cpu_max;
                     g.written = None;
                     g.cpu = CpuState::default();
@@ -450,6 +489,33 @@ impl Agent {
         }
         let (direction, reason) = (decision.direction.as_str(), decision.reason.as_str());
         self.shared.metrics.action("cpu", direction, reason);
+        let event = match decision.direction {
+            _ if dry_run => None,
+            crate::controller::Direction::Up => Some(EventReason::ScaledUp),
+            crate::controller::Direction::Down if to <= bounds.floor => Some(EventReason::AtFloor),
+            _ => None,
+        };
+        if let Some(event) = event {
+            self.events.emit(PodEvent {
+                namespace: g.proxy.namespace.clone(),
+                pod: g.proxy.pod.clone(),
+                pod_uid: g.proxy.pod_uid.clone(),
+                reason: event,
+                message: format!(
+                    "CPU quota of container {} {} {} -> {} ({reason}; usage {}m, throttled {:.0}%)",
+                    g.proxy.container,
+                    if event == EventReason::ScaledUp {
+                        "raised"
+                    } else {
+                        "lowered to its floor"
+                    },
+                    format_cpu_millis(from),
+                    format_cpu_millis(to),
+                    obs.usage_millis.round(),
+                    obs.throttled_ratio * 100.0
+                ),
+            });
+        }
         info!(
             cgroup = key,
             pod_uid = g.proxy.pod_uid,

@@ -15,9 +15,11 @@ use tracing::{error, info, warn};
 use sidecar_governor::agent::{Agent, Command, read_cpu_max, restore_all};
 use sidecar_governor::discovery::procfs::ProcfsDiscovery;
 use sidecar_governor::discovery::{Discovery, Proxy};
+use sidecar_governor::events;
 use sidecar_governor::journal::{Journal, lock_state_dir};
 use sidecar_governor::policy::{DEFAULT_POLICY_YAML, Policy, PolicyError};
 use sidecar_governor::quantity::format_cpu_millis;
+use sidecar_governor::reload::{self, ReloadTiming, Reloader};
 use sidecar_governor::sampler::{ProxyFiles, cpu_observation};
 use sidecar_governor::server::{Shared, router};
 
@@ -49,6 +51,15 @@ enum DiscoveryMode {
     Procfs,
     /// The container runtime's CRI API.
     Cri,
+}
+
+/// Whether Kubernetes Events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Events {
+    /// On when in-cluster credentials are found, else off (one log line says so).
+    Auto,
+    /// Never.
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -95,6 +106,21 @@ enum Cmd {
         /// Stop after this many ticks (benchmarks and tests).
         #[arg(long, hide = true)]
         max_ticks: Option<u64>,
+        /// Kubernetes Events on governed pods.
+        #[arg(long, env = "SG_EVENTS", value_enum, default_value_t = Events::Auto)]
+        events: Events,
+        /// Re-read the policy file this often even without a change notification (seconds).
+        #[arg(long, env = "SG_CONFIG_POLL_SECONDS", default_value_t = 30)]
+        config_poll_seconds: u64,
+    },
+    /// Print a live table of the proxies a running agent governs (from its /debug/proxies).
+    Status {
+        /// The agent's HTTP endpoint.
+        #[arg(long, env = "SG_ENDPOINT", default_value = sidecar_governor::status::DEFAULT_ENDPOINT)]
+        endpoint: String,
+        /// Print the raw JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Look once: every proxy found, its identity, cgroup, cpu.max and usage.
     Discover {
@@ -155,6 +181,8 @@ fn main() -> ExitCode {
             discovery,
             dry_run,
             max_ticks,
+            events,
+            config_poll_seconds,
         } => run(RunArgs {
             config,
             roots,
@@ -163,7 +191,10 @@ fn main() -> ExitCode {
             discovery,
             dry_run,
             max_ticks,
+            events,
+            config_poll: Duration::from_secs(config_poll_seconds.max(1)),
         }),
+        Cmd::Status { endpoint, json } => status(&endpoint, json),
         Cmd::Discover {
             roots,
             config,
@@ -213,6 +244,8 @@ struct RunArgs {
     discovery: DiscoveryMode,
     dry_run: bool,
     max_ticks: Option<u64>,
+    events: Events,
+    config_poll: Duration,
 }
 
 fn make_discovery(mode: DiscoveryMode, roots: &Roots) -> anyhow::Result<ProcfsDiscovery> {
@@ -238,8 +271,12 @@ fn check_cgroup_root(root: &Path) -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let policy =
-        load_policy(args.config.as_deref()).context("refusing to start with an invalid policy")?;
+    let (policy, policy_hash) = match args.config.as_deref() {
+        Some(path) => reload::load(path),
+        None => Policy::from_yaml(DEFAULT_POLICY_YAML)
+            .map(|p| (p, reload::policy_hash(DEFAULT_POLICY_YAML))),
+    }
+    .context("refusing to start with an invalid policy")?;
     check_cgroup_root(&args.roots.cgroup_root)?;
     let _lock = lock_state_dir(&args.state_dir)?;
     let journal = Journal::load(&args.state_dir)?;
@@ -256,7 +293,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         dry_run = args.dry_run || policy.dry_run,
         "starting"
     );
-    let agent = Agent::new(
+    let mut agent = Agent::new(
         args.roots.cgroup_root.clone(),
         policy,
         args.dry_run,
@@ -275,6 +312,40 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     info!(listen = %args.listen, "serving /metrics /healthz /readyz /debug/proxies");
 
     let (commands, inbox) = std::sync::mpsc::channel();
+    // Hot reload of the policy file (a ConfigMap volume in a cluster).
+    let reloader = match &args.config {
+        Some(path) => {
+            let reloader = Reloader::new(
+                path.clone(),
+                policy_hash.clone(),
+                commands.clone(),
+                shared.clone(),
+            );
+            let timing = ReloadTiming {
+                fallback: args.config_poll,
+                ..ReloadTiming::default()
+            };
+            Some(reload::spawn(reloader, timing)?)
+        }
+        None => {
+            shared.metrics.set_config_hash(&policy_hash);
+            shared.metrics.config_last_reload_successful.set(1);
+            None
+        }
+    };
+    // Kubernetes Events, published from a task on this runtime; the agent never waits on them.
+    let events_task = if args.events == Events::Auto {
+        let _guard = runtime.enter();
+        events::in_cluster_client().map(|client| {
+            let (sink, task) =
+                events::start(client, 256, events::RateLimit::default(), shared.clone());
+            agent.set_events(sink);
+            task
+        })
+    } else {
+        info!("Kubernetes Events are off (--events off)");
+        None
+    };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let max_ticks = args.max_ticks;
     let control = std::thread::Builder::new()
@@ -300,10 +371,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     let stopping = Instant::now();
+    drop(reloader);
     let _ = commands.send(Command::Stop);
     let outcome = control
         .join()
         .map_err(|_| anyhow::anyhow!("control loop panicked"))?;
+    if let Some(task) = events_task {
+        // The agent (and with it the queue's sender) is gone: publish what is queued, briefly.
+        runtime.block_on(async {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                warn!("gave up publishing the last Kubernetes Events after 5s");
+            }
+        });
+    }
     if let Some(report) = outcome.restore
         && !report.complete()
     {
@@ -383,6 +466,26 @@ fn discover(roots: &Roots, config: Option<&Path>, output: Output) -> anyhow::Res
             }
         }
     }
+    Ok(())
+}
+
+fn status(endpoint: &str, json: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start async runtime")?;
+    let status = runtime.block_on(sidecar_governor::status::fetch(
+        endpoint,
+        Duration::from_secs(10),
+    ))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    print!(
+        "{}",
+        sidecar_governor::status::render(&status, sidecar_governor::server::now_unix())
+    );
     Ok(())
 }
 

@@ -35,6 +35,18 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+/// Labels of `config_reloads_total` and `events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+/// Labels of `config_info`: the live policy's hash (one series at a time).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfigLabels {
+    pub hash: String,
+}
+
 /// Labels of `discovery_source`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
@@ -60,6 +72,12 @@ pub struct Metrics {
     pub journal_entries: Gauge,
     pub discovery_source: Family<SourceLabels, Gauge>,
     pub dry_run: Gauge,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    pub config_info: Family<ConfigLabels, Gauge>,
+    pub config_last_reload_successful: Gauge,
+    pub policy_cpu_min_millicores: Gauge,
+    pub policy_cpu_max_millicores: Gauge,
+    pub events: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -86,6 +104,12 @@ impl Metrics {
             journal_entries: Gauge::default(),
             discovery_source: Family::default(),
             dry_run: Gauge::default(),
+            config_reloads: Family::default(),
+            config_info: Family::default(),
+            config_last_reload_successful: Gauge::default(),
+            policy_cpu_min_millicores: Gauge::default(),
+            policy_cpu_max_millicores: Gauge::default(),
+            events: Family::default(),
         };
         registry.register("proxies", "Proxies governed now", m.proxies.clone());
         registry.register(
@@ -140,6 +164,36 @@ impl Metrics {
             "1 when decisions are not written",
             m.dry_run.clone(),
         );
+        registry.register(
+            "config_reloads",
+            "Policy reloads from the config file, by result (success, failure)",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "config_info",
+            "1 for the live policy, labelled with the first 16 hex digits of its text's SHA-256",
+            m.config_info.clone(),
+        );
+        registry.register(
+            "config_last_reload_successful",
+            "1 when the last policy (re)load succeeded, 0 when the file holds a refused policy",
+            m.config_last_reload_successful.clone(),
+        );
+        registry.register(
+            "policy_cpu_min_millicores",
+            "The live policy's cpu.min (the floor), in millicores",
+            m.policy_cpu_min_millicores.clone(),
+        );
+        registry.register(
+            "policy_cpu_max_millicores",
+            "The live policy's cpu.max (the ceiling), in millicores",
+            m.policy_cpu_max_millicores.clone(),
+        );
+        registry.register(
+            "events",
+            "Kubernetes Events by result (sent, failed, dropped: queue full, rate_limited)",
+            m.events.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -157,6 +211,38 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// Marks `hash` as the live policy's, removing the previous hash's series.
+    pub fn set_config_hash(&self, hash: &str) {
+        self.config_info.clear();
+        self.config_info
+            .get_or_create(&ConfigLabels {
+                hash: hash.to_string(),
+            })
+            .set(1);
+    }
+
+    /// Counts one policy reload; `success` also marks the last reload successful.
+    pub fn config_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.config_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.config_last_reload_successful.set(i64::from(success));
+    }
+
+    /// Exports the live policy's bounds.
+    pub fn set_policy(&self, policy: &crate::policy::Policy) {
+        self.policy_cpu_min_millicores
+            .set(i64::try_from(policy.cpu.min_millis).unwrap_or(i64::MAX));
+        self.policy_cpu_max_millicores
+            .set(i64::try_from(policy.cpu.max_millis).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one Kubernetes Event by `result`.
+    pub fn event(&self, result: &'static str) {
+        self.events.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// Removes every series of a proxy that went away.
@@ -213,5 +299,23 @@ mod tests {
         }
         m.forget(&labels);
         assert!(!m.encode().contains("pod_uid=\"u\""));
+    }
+
+    #[test]
+    fn config_info_keeps_one_hash() {
+        let m = Metrics::new();
+        m.set_config_hash("aaaa");
+        m.set_config_hash("bbbb");
+        m.config_reload(true);
+        m.config_reload(false);
+        let text = m.encode();
+        assert!(
+            text.contains("sidecar_governor_config_info{hash=\"bbbb\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("aaaa"), "{text}");
+        assert!(text.contains("sidecar_governor_config_reloads_total{result=\"success\"} 1"));
+        assert!(text.contains("sidecar_governor_config_reloads_total{result=\"failure\"} 1"));
+        assert!(text.contains("sidecar_governor_config_last_reload_successful 0"));
     }
 }
