@@ -18,7 +18,7 @@ use crate::discovery::{Discovery, Proxy};
 use crate::events::{EventReason, EventSink, NoEvents, PodEvent};
 use crate::journal::{Entry, Journal, JournalError};
 use crate::metrics::ProxyLabels;
-use crate::policy::Policy;
+use crate::policy::{Mode, Policy};
 use crate::quantity::format_cpu_millis;
 use crate::sampler::{ProxyFiles, RawSample, cpu_observation};
 use crate::server::{ActionView, ProxyView, Shared, now_unix};
@@ -50,6 +50,9 @@ struct Governed {
     failing: bool,
     last_obs: Option<CpuObservation>,
     last_action: Option<ActionView>,
+    /// The proxy's own mode (namespace override or pod annotation): `DryRun` means no writes
+    /// for this one; `Off` proxies are never governed.
+    mode: Mode,
 }
 
 /// Outcome of stopping the agent.
@@ -149,7 +152,8 @@ impl Agent {
     /// Replaces the policy; bounds and thresholds apply from the next tick.
     pub fn set_policy(&mut self, policy: Policy) {
         info!(policy = policy.summary(), "policy applied");
-        let rescan = policy.matching != self.policy.matching;
+        let rescan =
+            policy.matching != self.policy.matching || policy.overrides != self.policy.overrides;
         self.policy = policy;
         if rescan {
             self.last_scan = None;
@@ -163,7 +167,8 @@ impl Agent {
         let rescan_due = self.last_scan.is_none_or(|t| {
             now.saturating_duration_since(t) >= self.policy.matching.rescan_interval
         });
-        if rescan_due {
+        // `changed`: the source saw containers start or stop (CRI) — rescan now, not later.
+        if rescan_due || self.discovery.changed() {
             self.rescan(now);
         }
         let keys: Vec<String> = self.governed.keys().cloned().collect();
@@ -188,7 +193,12 @@ impl Agent {
     /// Runs discovery and reconciles the governed set with what it found.
     fn rescan(&mut self, now: Instant) {
         self.last_scan = Some(now);
-        let found = match self.discovery.discover(&self.policy.matching) {
+        let result = self.discovery.discover(&self.policy.matching);
+        // An `auto` source may have switched between CRI and procfs.
+        self.shared
+            .metrics
+            .set_source(self.discovery.source().as_str());
+        let found = match result {
             Ok(found) => found,
             Err(e) => {
                 warn!(error = %e, "discovery failed; keeping the current proxy set");
@@ -197,11 +207,27 @@ impl Agent {
             }
         };
         let excluded = &self.policy.matching.exclude_namespaces;
-        let found: Vec<Proxy> = found
+        let policy = &self.policy;
+        let found: Vec<(Proxy, Mode)> = found
             .into_iter()
             .filter(|p| p.namespace.is_empty() || !excluded.contains(&p.namespace))
+            .map(|p| {
+                let mode = policy.effective(&p.namespace, &p.control).mode;
+                (p, mode)
+            })
+            .filter(|(p, mode)| {
+                if *mode == Mode::Off {
+                    debug!(
+                        cgroup = p.key,
+                        namespace = p.namespace,
+                        pod = p.pod,
+                        "mode off; not governed"
+                    );
+                }
+                *mode != Mode::Off
+            })
             .collect();
-        let live: HashSet<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        let live: HashSet<&str> = found.iter().map(|(p, _)| p.key.as_str()).collect();
         let vanished: Vec<String> = self
             .governed
             .keys()
@@ -211,16 +237,46 @@ impl Agent {
         for key in vanished {
             self.forget(&key, true);
         }
-        for proxy in found {
-            if !self.governed.contains_key(&proxy.key) {
-                self.adopt(proxy);
+        for (proxy, mode) in found {
+            match self.governed.get_mut(&proxy.key) {
+                None => self.adopt(proxy, mode),
+                Some(g) if g.mode != mode => {
+                    info!(
+                        cgroup = proxy.key,
+                        namespace = proxy.namespace,
+                        pod = proxy.pod,
+                        from = g.mode.as_str(),
+                        to = mode.as_str(),
+                        "proxy mode changed; releasing and governing afresh"
+                    );
+                    let key = proxy.key.clone();
+                    self.forget(&key, true);
+                    self.adopt(proxy, mode);
+                }
+                Some(g) => {
+                    // Names learnt later (CRI back after a procfs fallback) or new settings.
+                    let p = &g.proxy;
+                    if (&p.namespace, &p.pod, &p.container, &p.pod_uid, &p.control)
+                        != (
+                            &proxy.namespace,
+                            &proxy.pod,
+                            &proxy.container,
+                            &proxy.pod_uid,
+                            &proxy.control,
+                        )
+                    {
+                        self.shared.metrics.forget(&g.labels);
+                        g.labels = labels_of(&proxy);
+                        g.proxy = proxy;
+                    }
+                }
             }
         }
         self.release_orphans();
     }
 
-    /// Starts governing a newly found proxy.
-    fn adopt(&mut self, proxy: Proxy) {
+    /// Starts governing a newly found proxy in `mode` (`On` or `DryRun`).
+    fn adopt(&mut self, proxy: Proxy, mode: Mode) {
         let opened = ProxyFiles::open(&proxy.dir).and_then(|mut files| {
             files
                 .sample(&mut self.buf, Instant::now())
@@ -257,8 +313,19 @@ impl Agent {
             pid = proxy.pid,
             cpu_max = %first.cpu_max,
             original = %original,
+            mode = mode.as_str(),
+            since_start_ms = proxy.started_at_ms.map(|t| unix_millis().saturating_sub(t)),
             "governing proxy"
         );
+        for problem in &proxy.control_errors {
+            warn!(
+                namespace = proxy.namespace,
+                pod = proxy.pod,
+                error = problem.as_str(),
+                "bad pod annotation; the pod is left at the policy's settings"
+            );
+            self.shared.metrics.error("annotation");
+        }
         let labels = labels_of(&proxy);
         let governed = Governed {
             labels,
@@ -272,6 +339,7 @@ impl Agent {
             failing: false,
             last_obs: None,
             last_action: None,
+            mode,
             proxy,
         };
         self.governed.insert(governed.proxy.key.clone(), governed);
@@ -360,7 +428,16 @@ impl Agent {
 
     /// Samples, decides and acts for one proxy. Returns false when it is gone.
     fn step(&mut self, key: &str, now: Instant) -> bool {
-        let dry_run = self.dry_run();
+        // The proxy's own dry run and bounds (namespace override, pod annotations).
+        let (dry_run, cpu_policy) = match self.governed.get(key) {
+            Some(g) => (
+                self.dry_run() || g.mode == Mode::DryRun,
+                self.policy
+                    .effective(&g.proxy.namespace, &g.proxy.control)
+                    .cpu,
+            ),
+            None => return true,
+        };
         let Some(g) = self.governed.get_mut(key) else {
             return true;
         };
@@ -416,7 +493,7 @@ impl Agent {
             }
         }
 
-        let bounds = CpuBounds::new(&self.policy.cpu, g.original.millis());
+        let bounds = CpuBounds::new(&cpu_policy, g.original.millis());
         let in_force = if dry_run {
             g.planned_millis.or(sample.cpu_max.millis())
         } else {
@@ -438,7 +515,7 @@ impl Agent {
             }
             g.backoff_until = None;
         }
-        let Some(decision) = decide_cpu(&mut g.cpu, &obs, bounds, &self.policy.cpu) else {
+        let Some(decision) = decide_cpu(&mut g.cpu, &obs, bounds, &cpu_policy) else {
             return true;
         };
         let from = in_force;
@@ -545,10 +622,11 @@ impl Agent {
     /// The per-proxy view, and the per-proxy gauges updated on the way.
     fn views(&self) -> Vec<ProxyView> {
         let m = &self.shared.metrics;
-        let dry_run = self.dry_run();
+        let global_dry_run = self.dry_run();
         self.governed
             .values()
             .map(|g| {
+                let dry_run = global_dry_run || g.mode == Mode::DryRun;
                 let quota = if dry_run {
                     g.planned_millis.or(g.prev.and_then(|s| s.cpu_max.millis()))
                 } else {
@@ -648,6 +726,13 @@ impl Agent {
         }
         self.shutdown()
     }
+}
+
+/// Milliseconds since the epoch, now.
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Restores every journal entry (the `restore` command).

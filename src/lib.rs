@@ -11,6 +11,7 @@ pub mod actuator;
 pub mod agent;
 pub mod cgroup;
 pub mod controller;
+pub mod cri;
 pub mod discovery;
 pub mod events;
 pub mod journal;

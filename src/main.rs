@@ -12,9 +12,14 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing::{error, info, warn};
 
+use sidecar_governor::agent::DiscoveryDebug;
 use sidecar_governor::agent::{Agent, Command, read_cpu_max, restore_all};
+use sidecar_governor::cri::client::CriTarget;
+use sidecar_governor::cri::{default_endpoints, first_existing};
+use sidecar_governor::discovery::Proxy;
+use sidecar_governor::discovery::auto::AutoDiscovery;
+use sidecar_governor::discovery::cri::CriDiscovery;
 use sidecar_governor::discovery::procfs::ProcfsDiscovery;
-use sidecar_governor::discovery::{Discovery, Proxy};
 use sidecar_governor::events;
 use sidecar_governor::journal::{Journal, lock_state_dir};
 use sidecar_governor::policy::{DEFAULT_POLICY_YAML, Policy, PolicyError};
@@ -68,6 +73,30 @@ enum Output {
     Json,
 }
 
+/// Where the container runtime's CRI socket is (for `--discovery auto|cri`).
+#[derive(Debug, clap::Args)]
+struct CriArgs {
+    /// The CRI socket (`/path` or `unix:///path`). Default: the first that exists of
+    /// /run/containerd/containerd.sock, /var/run/crio/crio.sock, /run/crio/crio.sock under
+    /// --host-root.
+    #[arg(long, env = "SG_CRI_ENDPOINT")]
+    cri_endpoint: Option<String>,
+    /// Where the host's filesystem is mounted, for the default CRI sockets (a DaemonSet mounts
+    /// the host's /run under e.g. /host).
+    #[arg(long, env = "SG_HOST_ROOT")]
+    host_root: Option<PathBuf>,
+    /// Timeout of every CRI call and of a whole CRI discovery pass (`500ms`, `2s`).
+    #[arg(long, env = "SG_CRI_TIMEOUT", default_value = "2s", value_parser = parse_duration_arg)]
+    cri_timeout: Duration,
+}
+
+fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+    sidecar_governor::quantity::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// While CRI does not answer, it is probed this often.
+const CRI_PROBE_EVERY: Duration = Duration::from_secs(5);
+
 #[derive(Debug, clap::Args)]
 struct Roots {
     /// The cgroup v2 mount.
@@ -100,6 +129,8 @@ enum Cmd {
         /// How proxies are found.
         #[arg(long, env = "SG_DISCOVERY", value_enum, default_value_t = DiscoveryMode::Auto)]
         discovery: DiscoveryMode,
+        #[command(flatten)]
+        cri: CriArgs,
         /// Decide and export, write nothing (overrides the policy's dryRun).
         #[arg(long, env = "SG_DRY_RUN")]
         dry_run: bool,
@@ -131,6 +162,11 @@ enum Cmd {
         config: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// How proxies are found.
+        #[arg(long, env = "SG_DISCOVERY", value_enum, default_value_t = DiscoveryMode::Auto)]
+        discovery: DiscoveryMode,
+        #[command(flatten)]
+        cri: CriArgs,
     },
     /// Validate a policy file: exit 0 when valid, else print each problem by field.
     CheckConfig {
@@ -179,6 +215,7 @@ fn main() -> ExitCode {
             state_dir,
             listen,
             discovery,
+            cri,
             dry_run,
             max_ticks,
             events,
@@ -189,6 +226,7 @@ fn main() -> ExitCode {
             state_dir,
             listen,
             discovery,
+            cri,
             dry_run,
             max_ticks,
             events,
@@ -199,7 +237,9 @@ fn main() -> ExitCode {
             roots,
             config,
             output,
-        } => discover(&roots, config.as_deref(), output),
+            discovery,
+            cri,
+        } => discover(&roots, config.as_deref(), output, discovery, &cri),
         Cmd::CheckConfig { file } => return check_config(&file),
         Cmd::Restore {
             cgroup_root,
@@ -242,17 +282,64 @@ struct RunArgs {
     state_dir: PathBuf,
     listen: SocketAddr,
     discovery: DiscoveryMode,
+    cri: CriArgs,
     dry_run: bool,
     max_ticks: Option<u64>,
     events: Events,
     config_poll: Duration,
 }
 
-fn make_discovery(mode: DiscoveryMode, roots: &Roots) -> anyhow::Result<ProcfsDiscovery> {
-    if mode == DiscoveryMode::Cri {
-        bail!("--discovery cri is not available yet in this build; use procfs or auto");
+/// The discovery source for `mode`: procfs alone, or CRI with the procfs fallback (`auto`
+/// dials the first default socket that exists whenever it connects; `cri` insists on a socket
+/// being there at start).
+fn make_discovery(
+    mode: DiscoveryMode,
+    roots: &Roots,
+    cri: &CriArgs,
+) -> anyhow::Result<Box<dyn DiscoveryDebug>> {
+    let procfs = ProcfsDiscovery::new(&roots.proc_root, &roots.cgroup_root);
+    if mode == DiscoveryMode::Procfs {
+        return Ok(Box::new(procfs));
     }
-    Ok(ProcfsDiscovery::new(&roots.proc_root, &roots.cgroup_root))
+    let target = match &cri.cri_endpoint {
+        Some(endpoint) => {
+            let path = endpoint.strip_prefix("unix://").unwrap_or(endpoint);
+            if path.is_empty() || !path.starts_with('/') {
+                bail!("--cri-endpoint {endpoint}: want an absolute socket path (or unix:///path)");
+            }
+            CriTarget::Socket(PathBuf::from(path))
+        }
+        None => {
+            let list = default_endpoints(cri.host_root.as_deref());
+            if mode == DiscoveryMode::Cri && first_existing(&list).is_none() {
+                bail!(
+                    "--discovery cri: no CRI socket at {} (give --cri-endpoint)",
+                    list.iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            CriTarget::FirstOf(list)
+        }
+    };
+    if mode == DiscoveryMode::Cri
+        && let CriTarget::Socket(path) = &target
+        && !path.exists()
+    {
+        warn!(endpoint = %path.display(), "CRI socket not there (yet); procfs until it answers");
+    }
+    let source = CriDiscovery::new(
+        target,
+        &roots.proc_root,
+        &roots.cgroup_root,
+        cri.cri_timeout,
+    )?;
+    Ok(Box::new(AutoDiscovery::new(
+        source,
+        procfs,
+        CRI_PROBE_EVERY,
+    )))
 }
 
 fn check_cgroup_root(root: &Path) -> anyhow::Result<()> {
@@ -280,7 +367,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     check_cgroup_root(&args.roots.cgroup_root)?;
     let _lock = lock_state_dir(&args.state_dir)?;
     let journal = Journal::load(&args.state_dir)?;
-    let discovery = make_discovery(args.discovery, &args.roots)?;
+    let discovery = make_discovery(args.discovery, &args.roots, &args.cri)?;
     let shared = Arc::new(Shared::default());
     info!(
         policy = policy.summary(),
@@ -289,7 +376,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         proc_root = %args.roots.proc_root.display(),
         state_dir = %args.state_dir.display(),
         journaled = journal.len(),
-        discovery = "procfs",
+        discovery = ?args.discovery,
         dry_run = args.dry_run || policy.dry_run,
         "starting"
     );
@@ -297,7 +384,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         args.roots.cgroup_root.clone(),
         policy,
         args.dry_run,
-        Box::new(discovery),
+        discovery,
         journal,
         shared.clone(),
     );
@@ -411,10 +498,17 @@ struct DiscoverRow {
     cpu_usage_millis: Option<f64>,
 }
 
-fn discover(roots: &Roots, config: Option<&Path>, output: Output) -> anyhow::Result<()> {
+fn discover(
+    roots: &Roots,
+    config: Option<&Path>,
+    output: Output,
+    mode: DiscoveryMode,
+    cri: &CriArgs,
+) -> anyhow::Result<()> {
     let policy = load_policy(config)?;
-    let mut discovery = ProcfsDiscovery::new(&roots.proc_root, &roots.cgroup_root);
+    let mut discovery = make_discovery(mode, roots, cri)?;
     let proxies = discovery.discover(&policy.matching)?;
+    let source = discovery.source();
     // Two readings 250 ms apart give the usage.
     let mut buf = Vec::new();
     let mut first = Vec::new();
@@ -444,13 +538,27 @@ fn discover(roots: &Roots, config: Option<&Path>, output: Output) -> anyhow::Res
         Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
         Output::Table => {
             println!(
-                "{:<38} {:<14} {:<8} {:<7} {:>8} {:>8}  CGROUP",
-                "POD UID", "CONTAINER", "PROCESS", "PID", "QUOTA", "USAGE"
+                "{:<16} {:<38} {:<14} {:<13} {:<8} {:<7} {:>8} {:>8}  CGROUP",
+                "NAMESPACE", "POD (or UID)", "CONTAINER", "ID", "PROCESS", "PID", "QUOTA", "USAGE"
             );
+            let or_dash = |s: &str| {
+                if s.is_empty() {
+                    "-".to_string()
+                } else {
+                    s.to_string()
+                }
+            };
             for r in &rows {
+                let pod = if r.proxy.pod.is_empty() {
+                    &r.proxy.pod_uid
+                } else {
+                    &r.proxy.pod
+                };
                 println!(
-                    "{:<38} {:<14} {:<8} {:<7} {:>8} {:>8}  {}",
-                    r.proxy.pod_uid,
+                    "{:<16} {:<38} {:<14} {:<13} {:<8} {:<7} {:>8} {:>8}  {}",
+                    or_dash(&r.proxy.namespace),
+                    pod,
+                    or_dash(&r.proxy.container),
                     &r.proxy.container_id[..r.proxy.container_id.len().min(12)],
                     r.proxy.process,
                     r.proxy.pid,
@@ -464,6 +572,7 @@ fn discover(roots: &Roots, config: Option<&Path>, output: Output) -> anyhow::Res
             if rows.is_empty() {
                 println!("(no proxies found)");
             }
+            println!("(discovery: {})", source.as_str());
         }
     }
     Ok(())

@@ -101,6 +101,22 @@ struct RawPolicy {
     #[serde(rename = "match")]
     matching: Option<RawMatch>,
     cpu: Option<RawCpu>,
+    overrides: Option<Vec<RawOverride>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawOverride {
+    namespace: Option<String>,
+    mode: Option<String>,
+    cpu: Option<RawBounds>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawBounds {
+    min: Option<Scalar>,
+    max: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +126,7 @@ struct RawMatch {
     container_names: Option<Vec<String>>,
     exclude_namespaces: Option<Vec<String>>,
     rescan_interval: Option<Scalar>,
+    include_gateways: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +156,153 @@ pub struct Policy {
     pub restore_on_exit: bool,
     pub matching: MatchPolicy,
     pub cpu: CpuPolicy,
+    /// Per-namespace mode and CPU bounds (at most one entry per namespace).
+    pub overrides: Vec<NamespaceOverride>,
+}
+
+/// How a proxy is governed: its own dry run or no governing at all, per namespace (policy
+/// `overrides`) or per pod (annotation `sidecar-governor.io/mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Governed: decisions are written.
+    #[default]
+    On,
+    /// Decided and exported, never written.
+    DryRun,
+    /// Not governed; anything the agent changed is put back.
+    Off,
+}
+
+impl Mode {
+    /// `on`, `dry-run` or `off`.
+    pub fn parse(text: &str) -> Option<Mode> {
+        match text {
+            "on" => Some(Mode::On),
+            "dry-run" => Some(Mode::DryRun),
+            "off" => Some(Mode::Off),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::On => "on",
+            Mode::DryRun => "dry-run",
+            Mode::Off => "off",
+        }
+    }
+}
+
+/// One namespace's entry in `overrides`: replaces the policy's mode and CPU bounds there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NamespaceOverride {
+    pub namespace: String,
+    pub mode: Option<Mode>,
+    pub cpu_min_millis: Option<u64>,
+    pub cpu_max_millis: Option<u64>,
+}
+
+/// Per-pod settings from the pod's annotations (read from the CRI sandbox), already
+/// validated. `None` fields leave the namespace's or policy's value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PodControl {
+    pub mode: Option<Mode>,
+    /// Narrows the floor: never below this (but never above the ceiling either).
+    pub cpu_min_millis: Option<u64>,
+    /// Narrows the ceiling: never above this.
+    pub cpu_max_millis: Option<u64>,
+}
+
+/// Annotation: `off`, `dry-run` or `on`.
+pub const ANNOTATION_MODE: &str = "sidecar-governor.io/mode";
+/// Annotation: a CPU quantity the pod's proxy is never shrunk below.
+pub const ANNOTATION_CPU_MIN: &str = "sidecar-governor.io/cpu-min";
+/// Annotation: a CPU quantity the pod's proxy is never grown above.
+pub const ANNOTATION_CPU_MAX: &str = "sidecar-governor.io/cpu-max";
+/// Every annotation under this prefix must be one of the above.
+pub const ANNOTATION_PREFIX: &str = "sidecar-governor.io/";
+
+impl PodControl {
+    /// Validates a pod's annotations (only keys under [`ANNOTATION_PREFIX`] are looked at).
+    /// Any problem — an unknown key under the prefix, a bad mode or quantity, a minimum below
+    /// the kernel's smallest quota or above the maximum — rejects them all: the caller logs
+    /// the errors and leaves the pod at the policy's defaults.
+    pub fn from_annotations<'a>(
+        annotations: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> Result<PodControl, Vec<FieldError>> {
+        let mut c = Checker::default();
+        let mut control = PodControl::default();
+        let mut ours: Vec<(&String, &String)> = annotations
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ANNOTATION_PREFIX))
+            .collect();
+        ours.sort();
+        for (key, value) in ours {
+            let value = value.trim();
+            match key.as_str() {
+                ANNOTATION_MODE => match Mode::parse(value) {
+                    Some(m) => control.mode = Some(m),
+                    None => c.fail(key, format!("`{value}` is not one of off, dry-run, on")),
+                },
+                ANNOTATION_CPU_MIN => match parse_cpu_millis(value) {
+                    Ok(v) if v < KERNEL_MIN_MILLIS => c.fail(
+                        key,
+                        format!(
+                            "{} is below the kernel's smallest quota ({})",
+                            format_cpu_millis(v),
+                            format_cpu_millis(KERNEL_MIN_MILLIS)
+                        ),
+                    ),
+                    Ok(v) => control.cpu_min_millis = Some(v),
+                    Err(e) => c.fail(key, e.to_string()),
+                },
+                ANNOTATION_CPU_MAX => match parse_cpu_millis(value) {
+                    Ok(v) if v < KERNEL_MIN_MILLIS => c.fail(
+                        key,
+                        format!(
+                            "{} is below the kernel's smallest quota ({})",
+                            format_cpu_millis(v),
+                            format_cpu_millis(KERNEL_MIN_MILLIS)
+                        ),
+                    ),
+                    Ok(v) => control.cpu_max_millis = Some(v),
+                    Err(e) => c.fail(key, e.to_string()),
+                },
+                _ => c.fail(
+                    key,
+                    format!(
+                        "unknown annotation (known: {ANNOTATION_MODE}, {ANNOTATION_CPU_MIN}, {ANNOTATION_CPU_MAX})"
+                    ),
+                ),
+            }
+        }
+        if let (Some(min), Some(max)) = (control.cpu_min_millis, control.cpu_max_millis)
+            && min > max
+        {
+            c.fail(
+                ANNOTATION_CPU_MIN,
+                format!(
+                    "must not exceed {ANNOTATION_CPU_MAX} ({} > {})",
+                    format_cpu_millis(min),
+                    format_cpu_millis(max)
+                ),
+            );
+        }
+        if c.errors.is_empty() {
+            Ok(control)
+        } else {
+            Err(c.errors)
+        }
+    }
+}
+
+/// What governs one proxy: its mode and CPU bounds after namespace overrides and pod
+/// annotations (the policy's tuning otherwise).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effective {
+    pub mode: Mode,
+    pub cpu: CpuPolicy,
 }
 
 /// Which processes and containers are proxies.
@@ -152,6 +316,8 @@ pub struct MatchPolicy {
     pub exclude_namespaces: Vec<String>,
     /// How often the full process scan runs (between scans, known proxies are re-checked).
     pub rescan_interval: Duration,
+    /// Also govern gateways and waypoints (`pilot-agent proxy router|waypoint`).
+    pub include_gateways: bool,
 }
 
 /// CPU bounds and control tuning.
@@ -193,6 +359,7 @@ impl Default for Policy {
                 container_names: vec!["istio-proxy".into(), "linkerd-proxy".into()],
                 exclude_namespaces: Vec::new(),
                 rescan_interval: Duration::from_secs(10),
+                include_gateways: false,
             },
             cpu: CpuPolicy {
                 min_millis: 100,
@@ -207,6 +374,7 @@ impl Default for Policy {
                 step_down: 0.1,
                 conflict_backoff: Duration::from_secs(120),
             },
+            overrides: Vec::new(),
         }
     }
 }
@@ -370,6 +538,7 @@ impl Policy {
                 d.matching.rescan_interval,
                 parse_duration,
             ),
+            include_gateways: m.include_gateways.unwrap_or(d.matching.include_gateways),
         };
 
         let r = raw.cpu.unwrap_or_default();
@@ -466,8 +635,115 @@ impl Policy {
             dry_run: raw.dry_run.unwrap_or(d.dry_run),
             restore_on_exit: raw.restore_on_exit.unwrap_or(d.restore_on_exit),
             matching,
+            overrides: Self::check_overrides(raw.overrides.unwrap_or_default(), &cpu, c),
             cpu,
         }
+    }
+
+    fn check_overrides(
+        raw: Vec<RawOverride>,
+        cpu: &CpuPolicy,
+        c: &mut Checker,
+    ) -> Vec<NamespaceOverride> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, o) in raw.into_iter().enumerate() {
+            let at = |field: &str| format!("overrides[{i}].{field}");
+            let namespace = o.namespace.unwrap_or_default();
+            if namespace.trim().is_empty() {
+                c.fail(&at("namespace"), "is required");
+            } else if !seen.insert(namespace.clone()) {
+                c.fail(
+                    &at("namespace"),
+                    format!("`{namespace}` already has an entry"),
+                );
+            }
+            let mode = o.mode.and_then(|m| {
+                let parsed = Mode::parse(m.trim());
+                if parsed.is_none() {
+                    c.fail(&at("mode"), format!("`{m}` is not one of off, dry-run, on"));
+                }
+                parsed
+            });
+            let bounds = o.cpu.unwrap_or_default();
+            let mut millis = |field: &str, value: Option<&Scalar>| {
+                let v = value.map(|v| parse_cpu_millis(&v.text()));
+                match v {
+                    None => None,
+                    Some(Ok(v)) if v < KERNEL_MIN_MILLIS => {
+                        c.fail(
+                            &at(field),
+                            format!(
+                                "{} is below the kernel's smallest quota ({})",
+                                format_cpu_millis(v),
+                                format_cpu_millis(KERNEL_MIN_MILLIS)
+                            ),
+                        );
+                        None
+                    }
+                    Some(Ok(v)) => Some(v),
+                    Some(Err(e)) => {
+                        c.fail(&at(field), e.to_string());
+                        None
+                    }
+                }
+            };
+            let cpu_min_millis = millis("cpu.min", bounds.min.as_ref());
+            let cpu_max_millis = millis("cpu.max", bounds.max.as_ref());
+            let (min, max) = (
+                cpu_min_millis.unwrap_or(cpu.min_millis),
+                cpu_max_millis.unwrap_or(cpu.max_millis),
+            );
+            if min > max {
+                c.fail(
+                    &at("cpu.min"),
+                    format!(
+                        "must not exceed the namespace's cpu.max ({} > {})",
+                        format_cpu_millis(min),
+                        format_cpu_millis(max)
+                    ),
+                );
+            }
+            out.push(NamespaceOverride {
+                namespace,
+                mode,
+                cpu_min_millis,
+                cpu_max_millis,
+            });
+        }
+        out
+    }
+
+    /// The override of `namespace`, if the policy has one.
+    pub fn override_for(&self, namespace: &str) -> Option<&NamespaceOverride> {
+        if namespace.is_empty() {
+            return None;
+        }
+        self.overrides.iter().find(|o| o.namespace == namespace)
+    }
+
+    /// The mode and CPU bounds for a proxy in `namespace` with the pod's `control`. The most
+    /// specific setting wins for the mode (pod annotation, then namespace override, then `on`);
+    /// a namespace override replaces the policy's CPU bounds; pod annotations only narrow them
+    /// (a floor above the ceiling is lowered to it). The agent's global dry run (`dryRun` or
+    /// `--dry-run`) is applied on top by the agent and wins over every mode but `off`.
+    pub fn effective(&self, namespace: &str, control: &PodControl) -> Effective {
+        let mut cpu = self.cpu.clone();
+        let mut mode = Mode::On;
+        if let Some(o) = self.override_for(namespace) {
+            mode = o.mode.unwrap_or(mode);
+            cpu.min_millis = o.cpu_min_millis.unwrap_or(cpu.min_millis);
+            cpu.max_millis = o.cpu_max_millis.unwrap_or(cpu.max_millis);
+        }
+        mode = control.mode.unwrap_or(mode);
+        if let Some(v) = control.cpu_min_millis {
+            cpu.min_millis = cpu.min_millis.max(v);
+        }
+        if let Some(v) = control.cpu_max_millis {
+            cpu.max_millis = cpu.max_millis.min(v);
+        }
+        cpu.min_millis = cpu.min_millis.min(cpu.max_millis);
+        Effective { mode, cpu }
     }
 
     /// A one-line summary for logs.
@@ -614,5 +890,163 @@ cpu:
     fn syntax_errors_are_reported() {
         let e = errors("interval: [1s\n");
         assert_eq!(e.len(), 1);
+    }
+
+    #[test]
+    fn namespace_overrides_parse_and_apply() {
+        let p = Policy::from_yaml(
+            "overrides:\n  - namespace: payments\n    cpu: {min: 200m, max: \"1\"}\n    mode: dry-run\n  - namespace: batch\n    mode: \"off\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.overrides.len(), 2);
+        let e = p.effective("payments", &PodControl::default());
+        assert_eq!(e.mode, Mode::DryRun);
+        assert_eq!((e.cpu.min_millis, e.cpu.max_millis), (200, 1000));
+        assert_eq!(p.effective("batch", &PodControl::default()).mode, Mode::Off);
+        let other = p.effective("shop", &PodControl::default());
+        assert_eq!(other.mode, Mode::On);
+        assert_eq!(other.cpu, p.cpu);
+        // procfs knows no namespace: never an override
+        assert_eq!(p.effective("", &PodControl::default()).cpu, p.cpu);
+    }
+
+    #[test]
+    fn override_errors_name_the_entry() {
+        let e = errors(
+            "overrides:\n  - cpu: {min: 100m}\n  - namespace: a\n    mode: sometimes\n  - namespace: a\n  - namespace: b\n    cpu: {max: 50m}\n  - namespace: c\n    cpu: {min: 5m}\n",
+        );
+        let joined = e.join("\n");
+        for want in [
+            "overrides[0].namespace: is required",
+            "overrides[1].mode: `sometimes` is not one of off, dry-run, on",
+            "overrides[2].namespace: `a` already has an entry",
+            "overrides[3].cpu.min: must not exceed the namespace's cpu.max (100m > 50m)",
+            "overrides[4].cpu.min: 5m is below the kernel's smallest quota",
+        ] {
+            assert!(joined.contains(want), "{want} missing from\n{joined}");
+        }
+        let e = errors("overrides:\n  - namespace: a\n    cpu: {mn: 1}\n");
+        assert!(
+            e[0].starts_with("overrides[0].cpu.mn: unknown field"),
+            "{e:?}"
+        );
+        let e = errors("overrides:\n  - namespace: a\n    memory: {}\n");
+        assert!(
+            e[0].starts_with("overrides[0].memory: unknown field"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn include_gateways_switch() {
+        assert!(!Policy::default().matching.include_gateways);
+        let p = Policy::from_yaml("match:\n  includeGateways: true\n").unwrap();
+        assert!(p.matching.include_gateways);
+    }
+
+    fn annotations(pairs: &[(&str, &str)]) -> Result<PodControl, Vec<String>> {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        PodControl::from_annotations(&map).map_err(|e| e.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn pod_annotations_valid() {
+        assert_eq!(annotations(&[]).unwrap(), PodControl::default());
+        let c = annotations(&[
+            ("sidecar-governor.io/mode", "dry-run"),
+            ("sidecar-governor.io/cpu-min", "250m"),
+            ("sidecar-governor.io/cpu-max", "1.5"),
+            ("sidecar.istio.io/status", "{}"),
+            ("kubectl.kubernetes.io/restartedAt", "x"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c,
+            PodControl {
+                mode: Some(Mode::DryRun),
+                cpu_min_millis: Some(250),
+                cpu_max_millis: Some(1500),
+            }
+        );
+        assert_eq!(
+            annotations(&[("sidecar-governor.io/mode", "off")])
+                .unwrap()
+                .mode,
+            Some(Mode::Off)
+        );
+        assert_eq!(
+            annotations(&[("sidecar-governor.io/mode", " on ")])
+                .unwrap()
+                .mode,
+            Some(Mode::On)
+        );
+    }
+
+    #[test]
+    fn pod_annotations_invalid() {
+        let e = annotations(&[("sidecar-governor.io/mode", "Off")]).unwrap_err();
+        assert_eq!(
+            e,
+            vec!["sidecar-governor.io/mode: `Off` is not one of off, dry-run, on"]
+        );
+        let e = annotations(&[("sidecar-governor.io/cpu-max", "lots")]).unwrap_err();
+        assert!(e[0].starts_with("sidecar-governor.io/cpu-max: "), "{e:?}");
+        let e = annotations(&[("sidecar-governor.io/cpu-min", "1m")]).unwrap_err();
+        assert!(e[0].contains("below the kernel's smallest quota"), "{e:?}");
+        let e = annotations(&[
+            ("sidecar-governor.io/cpu-min", "2"),
+            ("sidecar-governor.io/cpu-max", "1"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            e,
+            vec![
+                "sidecar-governor.io/cpu-min: must not exceed sidecar-governor.io/cpu-max (2 > 1)"
+            ]
+        );
+        let e = annotations(&[
+            ("sidecar-governor.io/cpu-mx", "1"),
+            ("sidecar-governor.io/mode", "on"),
+        ])
+        .unwrap_err();
+        assert!(
+            e[0].starts_with("sidecar-governor.io/cpu-mx: unknown annotation"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn annotations_narrow_and_pick_the_mode() {
+        let p = Policy::from_yaml(
+            "cpu: {min: 100m, max: \"2\"}\noverrides:\n  - namespace: payments\n    mode: dry-run\n    cpu: {max: \"1\"}\n",
+        )
+        .unwrap();
+        let pod = PodControl {
+            mode: Some(Mode::On),
+            cpu_min_millis: Some(300),
+            cpu_max_millis: Some(1500),
+        };
+        let e = p.effective("payments", &pod);
+        // the pod's mode is the most specific; its bounds only narrow
+        assert_eq!(e.mode, Mode::On);
+        assert_eq!((e.cpu.min_millis, e.cpu.max_millis), (300, 1000));
+        let e = p.effective("shop", &pod);
+        assert_eq!((e.cpu.min_millis, e.cpu.max_millis), (300, 1500));
+        // a floor above the ceiling is lowered to it
+        let high = PodControl {
+            cpu_min_millis: Some(3000),
+            ..PodControl::default()
+        };
+        let e = p.effective("payments", &high);
+        assert_eq!((e.cpu.min_millis, e.cpu.max_millis), (1000, 1000));
+        // a pod can only lower the ceiling, not raise it
+        let wide = PodControl {
+            cpu_max_millis: Some(8000),
+            ..PodControl::default()
+        };
+        assert_eq!(p.effective("shop", &wide).cpu.max_millis, 2000);
     }
 }

@@ -1,15 +1,19 @@
 //! Discovery: which containers on this node are sidecar proxies, and where their cgroups are.
-//! A [`Discovery`] source (procfs today; the container runtime's CRI later) returns the
-//! current [`Proxy`] set; the agent diffs it against what it governs. Sources never write.
+//! A [`Discovery`] source — [`procfs`] (process names), [`cri`] (the container runtime, with
+//! Kubernetes names and pod annotations) or [`auto`] (CRI, falling back to procfs while the
+//! runtime does not answer) — returns the current [`Proxy`] set and can say when it changed;
+//! the agent diffs it against what it governs. Sources never write.
 
+pub mod auto;
 pub mod cgroup_path;
+pub mod cri;
 pub mod procfs;
 
 use std::path::PathBuf;
 
 pub use cgroup_path::Layout;
 
-use crate::policy::MatchPolicy;
+use crate::policy::{MatchPolicy, PodControl};
 
 /// One proxy container, as found.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -32,6 +36,13 @@ pub struct Proxy {
     pub pid: u32,
     /// Envoy's `--concurrency N`, when given on its command line.
     pub concurrency: Option<u32>,
+    /// Per-pod settings from the pod's annotations (CRI only; defaults otherwise).
+    pub control: PodControl,
+    /// Problems with the pod's annotations: the agent logs and counts them; `control` is then
+    /// the default (the pod is left at the policy's settings).
+    pub control_errors: Vec<String>,
+    /// When the runtime started the container, in milliseconds since the epoch (CRI only).
+    pub started_at_ms: Option<u64>,
 }
 
 /// Which source found the proxies.
@@ -59,12 +70,34 @@ pub enum DiscoveryError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A CRI call failed (the error names the endpoint and the call).
+    #[error(transparent)]
+    Cri(#[from] crate::cri::CriError),
+    /// A whole CRI discovery pass took longer than its budget.
+    #[error("CRI discovery on {endpoint}: no complete answer within {after:?}")]
+    CriPass {
+        endpoint: String,
+        after: std::time::Duration,
+    },
+    /// The CRI client's own runtime could not start.
+    #[error("CRI discovery for {endpoint}: start its async runtime: {source}")]
+    CriRuntime {
+        endpoint: String,
+        source: std::io::Error,
+    },
 }
 
 /// A source of the current proxy set.
 pub trait Discovery: Send {
     /// Every proxy on the node now, one per container cgroup.
     fn discover(&mut self, rules: &MatchPolicy) -> Result<Vec<Proxy>, DiscoveryError>;
+    /// True when the proxy set may have changed since the last `discover` (a container
+    /// started or stopped) and the agent should rescan now rather than at its next periodic
+    /// rescan. Called every tick, so it must be cheap and bounded in time. Sources that
+    /// cannot tell say `false` and are rescanned periodically only.
+    fn changed(&mut self) -> bool {
+        false
+    }
     /// Which source this is, for metrics and logs.
     fn source(&self) -> Source;
 }

@@ -11,7 +11,18 @@ use tracing::debug;
 
 use super::cgroup_path::{parse_container_path, parse_proc_cgroup, resolve_proc_path};
 use super::{Discovery, DiscoveryError, Proxy, Source, concurrency_from_args, is_gateway_args};
-use crate::policy::MatchPolicy;
+use crate::policy::{MatchPolicy, PodControl};
+
+/// What [`ProcfsDiscovery::examine`] found at one PID.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Examined {
+    /// Not a proxy process, not in a pod container cgroup, or gone.
+    NotProxy,
+    /// A proxy process whose parent runs a gateway or waypoint (`pilot-agent proxy router`).
+    Gateway,
+    /// A proxy process in a pod container cgroup (boxed: it is much larger than the others).
+    Proxy(Box<Proxy>),
+}
 
 /// Scans a proc root for proxy processes and maps them to container cgroups under a cgroup root.
 #[derive(Debug, Clone)]
@@ -51,20 +62,33 @@ impl ProcfsDiscovery {
 
     /// Examines one PID: `Some(proxy)` when it is a governed proxy process.
     pub fn inspect(&self, pid: &str, names: &[String]) -> Option<Proxy> {
-        let comm_raw = self.read(pid, "comm")?;
+        match self.examine(pid, names, self.include_gateways) {
+            Examined::Proxy(proxy) => Some(*proxy),
+            Examined::Gateway | Examined::NotProxy => None,
+        }
+    }
+
+    /// Examines one PID: a proxy process in a pod container cgroup, a gateway or waypoint
+    /// proxy (skipped unless `include_gateways`), or neither (also when it vanished).
+    pub fn examine(&self, pid: &str, names: &[String], include_gateways: bool) -> Examined {
+        let Some(comm_raw) = self.read(pid, "comm") else {
+            return Examined::NotProxy;
+        };
         let comm = String::from_utf8_lossy(&comm_raw);
         let comm = comm.trim_end_matches('\n');
         if !names.iter().any(|n| n == comm) {
-            return None;
+            return Examined::NotProxy;
         }
-        let cgroup_raw = self.read(pid, "cgroup")?;
+        let Some(cgroup_raw) = self.read(pid, "cgroup") else {
+            return Examined::NotProxy;
+        };
         let cgroup_text = String::from_utf8_lossy(&cgroup_raw);
         let Some(rel) = parse_proc_cgroup(&cgroup_text).and_then(resolve_proc_path) else {
             debug!(
                 pid,
                 comm, "proxy process outside any resolvable cgroup; skipped"
             );
-            return None;
+            return Examined::NotProxy;
         };
         let Some(path) = parse_container_path(&rel) else {
             debug!(
@@ -73,22 +97,22 @@ impl ProcfsDiscovery {
                 cgroup = rel,
                 "proxy process not in a pod container cgroup; skipped"
             );
-            return None;
+            return Examined::NotProxy;
         };
         let args = self
             .read(pid, "cmdline")
             .map(|r| split_cmdline(&r))
             .unwrap_or_default();
-        if !self.include_gateways && self.parent_is_gateway(pid) {
+        if !include_gateways && self.parent_is_gateway(pid) {
             debug!(
                 pid,
                 comm,
                 cgroup = rel,
                 "gateway or waypoint proxy; skipped"
             );
-            return None;
+            return Examined::Gateway;
         }
-        Some(Proxy {
+        Examined::Proxy(Box::new(Proxy {
             dir: self.cgroup_root.join(&path.container_rel),
             pod_dir: self.cgroup_root.join(&path.pod_rel),
             key: path.container_rel,
@@ -101,7 +125,10 @@ impl ProcfsDiscovery {
             process: comm.to_string(),
             pid: pid.parse().unwrap_or_default(),
             concurrency: concurrency_from_args(args.iter().map(String::as_str)),
-        })
+            control: PodControl::default(),
+            control_errors: Vec::new(),
+            started_at_ms: None,
+        }))
     }
 
     fn parent_is_gateway(&self, pid: &str) -> bool {
@@ -131,6 +158,7 @@ impl Discovery for ProcfsDiscovery {
                 path: self.proc_root.clone(),
                 source,
             })?;
+        let include_gateways = self.include_gateways || rules.include_gateways;
         let mut seen = HashSet::new();
         let mut found = Vec::new();
         for entry in entries.flatten() {
@@ -139,10 +167,11 @@ impl Discovery for ProcfsDiscovery {
             if !pid.bytes().all(|b| b.is_ascii_digit()) {
                 continue;
             }
-            if let Some(proxy) = self.inspect(pid, &rules.process_names)
+            if let Examined::Proxy(proxy) =
+                self.examine(pid, &rules.process_names, include_gateways)
                 && seen.insert(proxy.key.clone())
             {
-                found.push(proxy);
+                found.push(*proxy);
             }
         }
         found.sort_by(|a, b| a.key.cmp(&b.key));
