@@ -370,8 +370,10 @@ sg_agent_stop() {
 }
 
 # sg_http PATH: GET from the agent; prints the body, sets SG_HTTP_STATUS.
+# (busybox 1.35's wget crashes with -T: the timeout comes from timeout(1).)
 sg_http() {
-	wget -S -q -T 3 -O "$SG_RUN/http.body" "http://$SG_LISTEN$1" 2>"$SG_RUN/http.hdr" || true
+	rm -f "$SG_RUN/http.body"
+	timeout 5 wget -S -q -O "$SG_RUN/http.body" "http://$SG_LISTEN$1" 2>"$SG_RUN/http.hdr" || true
 	SG_HTTP_STATUS=$(awk '/^ *HTTP\// { s = $2 } END { print s }' "$SG_RUN/http.hdr")
 	cat "$SG_RUN/http.body" 2>/dev/null || true
 }

@@ -34,7 +34,7 @@ for s in $scenarios; do
 		esac
 		[ -n "$detail" ] || detail="exit $rc (a command failed, see the log above)"
 		echo "--- $s: last agent log lines"
-		tail -n 40 "$SG_RUN/agent.log" 2>/dev/null | sed 's/^/  agent| /'
+		tail -n 25 "$SG_RUN/agent.log" 2>/dev/null | cut -c1-400 | sed 's/^/  agent| /'
 		echo "SCENARIO-RESULT $s FAIL (${secs}s) $detail"
 	fi
 	if [ -n "$verbose" ]; then
