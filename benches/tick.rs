@@ -153,7 +153,13 @@ fn main() {
     let sizes: Vec<usize> = std::env::var("SG_BENCH_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| if quick { vec![20] } else { vec![100, 1000, 5000] });
+        .unwrap_or_else(|| {
+            if quick {
+                vec![20]
+            } else {
+                vec![100, 1000, 5000]
+            }
+        });
     println!(
         "{:>6} {:>16} {:>16} {:>7} {:>10} {:>10}",
         "proxies", "tick CPU (ms)", "read files (ms)", "ratio", "peak RSS", "ticks"
@@ -163,14 +169,22 @@ fn main() {
         let mut dirs = Vec::with_capacity(n);
         for i in 0..n {
             let mut c = node.container(i, i, "200000 100000");
-            node.process(&mut c, "envoy", &["/usr/local/bin/envoy", "--concurrency", "2"]);
+            node.process(
+                &mut c,
+                "envoy",
+                &["/usr/local/bin/envoy", "--concurrency", "2"],
+            );
             let mut app = node.container(i, n + i, "100000 100000");
             node.process(&mut app, "app", &["/app"]);
             dirs.push(c.dir.clone());
         }
         let policy = node.dir.path().join("policy.yaml");
         std::fs::write(&policy, "interval: 100ms\n").expect("write policy");
-        let ticks: u64 = if quick { 5 } else { (20_000 / n as u64).clamp(20, 100) };
+        let ticks: u64 = if quick {
+            5
+        } else {
+            (20_000 / n as u64).clamp(20, 100)
+        };
         let mut agent = Vec::new();
         let mut base = Vec::new();
         let mut peak = 0;

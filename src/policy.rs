@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::quantity::{
-    QuantityError, format_cpu_millis, format_duration, parse_cpu_millis, parse_duration,
+    QuantityError, format_bytes, format_cpu_millis, format_duration, parse_bytes, parse_cpu_millis,
+    parse_duration,
 };
 
 /// The policy used when no file is given: the documented defaults.
@@ -101,7 +102,35 @@ struct RawPolicy {
     #[serde(rename = "match")]
     matching: Option<RawMatch>,
     cpu: Option<RawCpu>,
+    memory: Option<RawMemory>,
     overrides: Option<Vec<RawOverride>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawMemory {
+    enabled: Option<bool>,
+    min: Option<Scalar>,
+    max: Option<Scalar>,
+    settle_after: Option<Scalar>,
+    headroom: Option<f64>,
+    margin: Option<Scalar>,
+    scale_down_after: Option<Scalar>,
+    probe_interval: Option<Scalar>,
+    step_down: Option<f64>,
+    pressure_threshold: Option<f64>,
+    shrink_with: Option<ShrinkWith>,
+    write_timeout: Option<Scalar>,
+    timeout_backoff: Option<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPushStorm {
+    min_proxies: Option<u32>,
+    fraction: Option<f64>,
+    window: Option<Scalar>,
+    grace: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +172,9 @@ struct RawCpu {
     step_up: Option<f64>,
     step_down: Option<f64>,
     conflict_backoff: Option<Scalar>,
+    per_worker_min: Option<Scalar>,
+    burst_ratio: Option<f64>,
+    push_storm: Option<RawPushStorm>,
 }
 
 /// The validated policy.
@@ -156,6 +188,7 @@ pub struct Policy {
     pub restore_on_exit: bool,
     pub matching: MatchPolicy,
     pub cpu: CpuPolicy,
+    pub memory: MemoryPolicy,
     /// Per-namespace mode and CPU bounds (at most one entry per namespace).
     pub overrides: Vec<NamespaceOverride>,
 }
@@ -346,6 +379,66 @@ pub struct CpuPolicy {
     pub step_down: f64,
     /// After someone else changes `cpu.max`, leave the container alone this long.
     pub conflict_backoff: Duration,
+    /// Envoy's `--concurrency N` workers each need at least this, in millicores: the floor is
+    /// never below N times it, and quota above N+1 cores is never given (it buys nothing).
+    pub per_worker_min_millis: u64,
+    /// `cpu.max.burst` as a share of the quota (0 = leave burst alone).
+    pub burst_ratio: f64,
+    pub push_storm: PushStormPolicy,
+}
+
+/// How a node-wide simultaneous spike (an xDS config push) is recognised and absorbed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PushStormPolicy {
+    /// At least this many proxies must want to grow within `window`...
+    pub min_proxies: u32,
+    /// ...and at least this share of all governed proxies.
+    pub fraction: f64,
+    pub window: Duration,
+    /// During a storm, growth is held back this long (burst absorbs the spike); a proxy
+    /// still hot afterwards grows as usual.
+    pub grace: Duration,
+}
+
+/// How `memory.shrinkWith` lowers memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShrinkWith {
+    /// Lower `memory.high` step by step.
+    High,
+    /// Keep `memory.high` as a loose ceiling and ask `memory.reclaim` for bytes (Linux 5.19+).
+    Reclaim,
+}
+
+/// `memory.high` bounds and control tuning.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MemoryPolicy {
+    /// Govern `memory.high` at all.
+    pub enabled: bool,
+    /// Never below, in bytes.
+    pub min_bytes: u64,
+    /// Never above (nor above the container's `memory.max`), in bytes.
+    pub max_bytes: u64,
+    /// A new proxy is watched this long before its first placement.
+    pub settle_after: Duration,
+    /// Placement and growth leave this share above use.
+    pub headroom: f64,
+    /// The floor is unreclaimable memory plus this, in bytes.
+    pub margin_bytes: u64,
+    /// Pressure must stay below target this long before probing down.
+    pub scale_down_after: Duration,
+    /// At most one downward step per this interval.
+    pub probe_interval: Duration,
+    /// A downward step removes this share.
+    pub step_down: f64,
+    /// Share of wall time with some task stalled on memory (`memory.pressure` some) above
+    /// which `memory.high` is raised at once.
+    pub pressure_threshold: f64,
+    pub shrink_with: ShrinkWith,
+    /// A `memory.high`/`memory.reclaim` write that takes longer is abandoned and counted.
+    pub write_timeout: Duration,
+    /// After a write timed out, leave the cgroup's memory alone this long.
+    pub timeout_backoff: Duration,
 }
 
 impl Default for Policy {
@@ -373,6 +466,29 @@ impl Default for Policy {
                 step_up: 1.0,
                 step_down: 0.1,
                 conflict_backoff: Duration::from_secs(120),
+                per_worker_min_millis: 50,
+                burst_ratio: 0.0,
+                push_storm: PushStormPolicy {
+                    min_proxies: 3,
+                    fraction: 0.5,
+                    window: Duration::from_secs(3),
+                    grace: Duration::from_secs(10),
+                },
+            },
+            memory: MemoryPolicy {
+                enabled: true,
+                min_bytes: 32 << 20,
+                max_bytes: 1 << 30,
+                settle_after: Duration::from_secs(60),
+                headroom: 0.25,
+                margin_bytes: 16 << 20,
+                scale_down_after: Duration::from_secs(60),
+                probe_interval: Duration::from_secs(6),
+                step_down: 0.01,
+                pressure_threshold: 0.005,
+                shrink_with: ShrinkWith::High,
+                write_timeout: Duration::from_secs(2),
+                timeout_backoff: Duration::from_secs(300),
             },
             overrides: Vec::new(),
         }
@@ -590,6 +706,21 @@ impl Policy {
                 dc.conflict_backoff,
                 parse_duration,
             ),
+            per_worker_min_millis: c.parsed(
+                "cpu.perWorkerMin",
+                r.per_worker_min.as_ref(),
+                dc.per_worker_min_millis,
+                parse_cpu_millis,
+            ),
+            burst_ratio: match r.burst_ratio {
+                None => dc.burst_ratio,
+                Some(v) if v.is_finite() && (0.0..=1.0).contains(&v) => v,
+                Some(v) => {
+                    c.fail("cpu.burstRatio", format!("{v} must be between 0 and 1"));
+                    dc.burst_ratio
+                }
+            },
+            push_storm: Self::check_push_storm(r.push_storm.unwrap_or_default(), &dc.push_storm, c),
         };
         if r.min.is_some() && cpu.min_millis < KERNEL_MIN_MILLIS {
             c.fail(
@@ -637,7 +768,101 @@ impl Policy {
             matching,
             overrides: Self::check_overrides(raw.overrides.unwrap_or_default(), &cpu, c),
             cpu,
+            memory: Self::check_memory(raw.memory.unwrap_or_default(), &d.memory, c),
         }
+    }
+
+    fn check_push_storm(r: RawPushStorm, d: &PushStormPolicy, c: &mut Checker) -> PushStormPolicy {
+        let min_proxies = r.min_proxies.unwrap_or(d.min_proxies);
+        if min_proxies < 2 {
+            c.fail("cpu.pushStorm.minProxies", "must be at least 2");
+        }
+        PushStormPolicy {
+            min_proxies,
+            fraction: c.ratio("cpu.pushStorm.fraction", r.fraction, d.fraction, 1.0),
+            window: c.parsed(
+                "cpu.pushStorm.window",
+                r.window.as_ref(),
+                d.window,
+                parse_duration,
+            ),
+            grace: c.parsed(
+                "cpu.pushStorm.grace",
+                r.grace.as_ref(),
+                d.grace,
+                parse_duration,
+            ),
+        }
+    }
+
+    fn check_memory(r: RawMemory, d: &MemoryPolicy, c: &mut Checker) -> MemoryPolicy {
+        let m = MemoryPolicy {
+            enabled: r.enabled.unwrap_or(d.enabled),
+            min_bytes: c.parsed("memory.min", r.min.as_ref(), d.min_bytes, parse_bytes),
+            max_bytes: c.parsed("memory.max", r.max.as_ref(), d.max_bytes, parse_bytes),
+            settle_after: c.parsed(
+                "memory.settleAfter",
+                r.settle_after.as_ref(),
+                d.settle_after,
+                parse_duration,
+            ),
+            headroom: c.ratio("memory.headroom", r.headroom, d.headroom, 4.0),
+            margin_bytes: c.parsed(
+                "memory.margin",
+                r.margin.as_ref(),
+                d.margin_bytes,
+                parse_bytes,
+            ),
+            scale_down_after: c.parsed(
+                "memory.scaleDownAfter",
+                r.scale_down_after.as_ref(),
+                d.scale_down_after,
+                parse_duration,
+            ),
+            probe_interval: c.parsed(
+                "memory.probeInterval",
+                r.probe_interval.as_ref(),
+                d.probe_interval,
+                parse_duration,
+            ),
+            step_down: c.ratio("memory.stepDown", r.step_down, d.step_down, 0.5),
+            pressure_threshold: c.ratio(
+                "memory.pressureThreshold",
+                r.pressure_threshold,
+                d.pressure_threshold,
+                1.0,
+            ),
+            shrink_with: r.shrink_with.unwrap_or(d.shrink_with),
+            write_timeout: c.parsed(
+                "memory.writeTimeout",
+                r.write_timeout.as_ref(),
+                d.write_timeout,
+                parse_duration,
+            ),
+            timeout_backoff: c.parsed(
+                "memory.timeoutBackoff",
+                r.timeout_backoff.as_ref(),
+                d.timeout_backoff,
+                parse_duration,
+            ),
+        };
+        if m.min_bytes > m.max_bytes {
+            c.fail(
+                "memory.min",
+                format!(
+                    "must not exceed memory.max ({} > {})",
+                    format_bytes(m.min_bytes),
+                    format_bytes(m.max_bytes)
+                ),
+            );
+        }
+        if m.min_bytes < 4 << 20 {
+            c.fail(
+                "memory.min",
+                "must be at least 4Mi (a proxy cannot run in less)",
+            );
+        }
+        m
     }
 
     fn check_overrides(
@@ -883,6 +1108,46 @@ cpu:
         assert_eq!(
             e,
             vec!["match.processNames: must name at least one process"]
+        );
+    }
+
+    #[test]
+    fn memory_section_parses_and_validates() {
+        let p = Policy::from_yaml(
+            "memory:\n  min: 64Mi\n  max: 512Mi\n  shrinkWith: reclaim\n  settleAfter: 30s\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (p.memory.min_bytes, p.memory.max_bytes),
+            (64 << 20, 512 << 20)
+        );
+        assert_eq!(p.memory.shrink_with, ShrinkWith::Reclaim);
+        assert_eq!(
+            errors("memory:\n  min: 2Gi\n  max: 1Gi\n"),
+            vec!["memory.min: must not exceed memory.max (2Gi > 1Gi)"]
+        );
+        let e = errors("memory:\n  shrinkWith: swap\n");
+        assert!(e[0].starts_with("memory.shrinkWith:"), "{e:?}");
+        let e = errors("memory:\n  max: 1GB\n");
+        assert!(e[0].starts_with("memory.max:"), "{e:?}");
+    }
+
+    #[test]
+    fn cpu_extras_validate() {
+        let p = Policy::from_yaml(
+            "cpu:\n  perWorkerMin: 25m\n  burstRatio: 0.5\n  pushStorm:\n    minProxies: 5\n",
+        )
+        .unwrap();
+        assert_eq!(p.cpu.per_worker_min_millis, 25);
+        assert_eq!(p.cpu.burst_ratio, 0.5);
+        assert_eq!(p.cpu.push_storm.min_proxies, 5);
+        assert_eq!(
+            errors("cpu:\n  burstRatio: 2\n"),
+            vec!["cpu.burstRatio: 2 must be between 0 and 1"]
+        );
+        assert_eq!(
+            errors("cpu:\n  pushStorm:\n    minProxies: 1\n"),
+            vec!["cpu.pushStorm.minProxies: must be at least 2"]
         );
     }
 

@@ -3,6 +3,8 @@
 //! wiring and the bookkeeping; the kernel's own behaviour is proven in the VM tests
 //! (scripts/vm-e2e.sh).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;
@@ -61,7 +63,12 @@ impl Harness {
 }
 
 /// Runs `ticks` seconds: each container uses what `load` says under its current quota.
-fn run(h: &mut Harness, containers: &mut [&mut Container], ticks: usize, load: impl Fn(usize, u64) -> u64) {
+fn run(
+    h: &mut Harness,
+    containers: &mut [&mut Container],
+    ticks: usize,
+    load: impl Fn(usize, u64) -> u64,
+) {
     for _ in 0..ticks {
         for (i, c) in containers.iter_mut().enumerate() {
             let quota = c.quota_millis().unwrap_or(u64::MAX);
@@ -75,7 +82,11 @@ fn run(h: &mut Harness, containers: &mut [&mut Container], ticks: usize, load: i
 
 fn proxy(node: &mut Node, pod: usize, n: usize) -> Container {
     let mut c = node.container(pod, n, TWO_CORES);
-    node.process(&mut c, "envoy", &["/usr/local/bin/envoy", "--concurrency", "2"]);
+    node.process(
+        &mut c,
+        "envoy",
+        &["/usr/local/bin/envoy", "--concurrency", "2"],
+    );
     c
 }
 
@@ -90,7 +101,11 @@ fn one_idle_proxy_shrinks_to_the_floor_and_the_app_is_untouched() {
 
     run(&mut h, &mut [&mut envoy, &mut app], 45, |_, _| 5);
 
-    assert_eq!(envoy.cpu_max(), "10000 100000", "idle proxy at the 100m floor");
+    assert_eq!(
+        envoy.cpu_max(),
+        "10000 100000",
+        "idle proxy at the 100m floor"
+    );
     assert_eq!(app.cpu_max(), "100000 100000", "app never written");
     assert_eq!(envoy.pod_cpu_max(), pod_before, "pod cgroup never written");
     let journal = Journal::load(&node.state).unwrap();
@@ -99,11 +114,16 @@ fn one_idle_proxy_shrinks_to_the_floor_and_the_app_is_untouched() {
     let m = h.metrics();
     assert!(m.contains("sidecar_governor_proxies 1"), "{m}");
     assert!(
-        m.contains("sidecar_governor_actions_total{resource=\"cpu\",direction=\"down\",reason=\"idle\"}"),
+        m.contains(
+            "sidecar_governor_actions_total{resource=\"cpu\",direction=\"down\",reason=\"idle\"}"
+        ),
         "{m}"
     );
     assert!(m.contains(&format!("pod_uid=\"{}\"", envoy.pod_uid)), "{m}");
-    assert!(m.contains("sidecar_governor_cpu_quota_millicores{") && m.contains("} 100.0"), "{m}");
+    assert!(
+        m.contains("sidecar_governor_cpu_quota_millicores{") && m.contains("} 100.0"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -113,9 +133,15 @@ fn idle_and_hot_proxies_side_by_side() {
     let mut hot = proxy(&mut node, 2, 2);
     let mut h = Harness::new(&node, policy(), false);
     // The hot one wants 1.5 cores throughout.
-    run(&mut h, &mut [&mut idle, &mut hot], 45, |i, _| if i == 0 { 3 } else { 1500 });
+    run(&mut h, &mut [&mut idle, &mut hot], 45, |i, _| {
+        if i == 0 { 3 } else { 1500 }
+    });
     assert_eq!(idle.quota_millis(), Some(100));
-    assert!(hot.quota_millis().unwrap() >= 1500, "hot keeps what it uses: {}", hot.cpu_max());
+    assert!(
+        hot.quota_millis().unwrap() >= 1500,
+        "hot keeps what it uses: {}",
+        hot.cpu_max()
+    );
 }
 
 #[test]
@@ -127,7 +153,10 @@ fn a_proxy_that_turns_hot_regains_quota_within_three_ticks() {
     assert_eq!(envoy.quota_millis(), Some(100));
     run(&mut h, &mut [&mut envoy], 3, |_, _| 1000);
     assert!(envoy.quota_millis().unwrap() >= 1000, "{}", envoy.cpu_max());
-    assert!(h.metrics().contains("direction=\"up\",reason=\"throttled\""));
+    assert!(
+        h.metrics()
+            .contains("direction=\"up\",reason=\"throttled\"")
+    );
 }
 
 #[test]
@@ -140,7 +169,15 @@ fn many_proxies_in_both_layouts() {
         } else {
             node.container_systemd(n, n, TWO_CORES)
         };
-        node.process(&mut c, if n % 3 == 0 { "linkerd2-proxy" } else { "envoy" }, &["proxy"]);
+        node.process(
+            &mut c,
+            if n % 3 == 0 {
+                "linkerd2-proxy"
+            } else {
+                "envoy"
+            },
+            &["proxy"],
+        );
         containers.push(c);
     }
     let mut h = Harness::new(&node, policy(), false);
@@ -159,7 +196,13 @@ fn several_processes_in_one_container_are_one_proxy() {
     let mut envoy = proxy(&mut node, 1, 1);
     let cgroup = format!("/{}", envoy.rel);
     node.process_with_pid(5000, &cgroup, "envoy", &["envoy"], 1);
-    node.process_with_pid(5001, &cgroup, "pilot-agent", &["pilot-agent", "proxy", "sidecar"], 1);
+    node.process_with_pid(
+        5001,
+        &cgroup,
+        "pilot-agent",
+        &["pilot-agent", "proxy", "sidecar"],
+        1,
+    );
     let mut h = Harness::new(&node, policy(), false);
     run(&mut h, &mut [&mut envoy], 2, |_, _| 1);
     assert_eq!(h.agent.governed().len(), 1);
@@ -169,7 +212,13 @@ fn several_processes_in_one_container_are_one_proxy() {
 fn gateways_and_non_pod_processes_are_not_governed() {
     let mut node = Node::new();
     let gw = node.container(1, 1, TWO_CORES);
-    node.process_with_pid(10, &format!("/{}", gw.rel), "pilot-agent", &["pilot-agent", "proxy", "router"], 1);
+    node.process_with_pid(
+        10,
+        &format!("/{}", gw.rel),
+        "pilot-agent",
+        &["pilot-agent", "proxy", "router"],
+        1,
+    );
     node.process_with_pid(11, &format!("/{}", gw.rel), "envoy", &["envoy"], 10);
     std::fs::create_dir_all(node.cgroup.join("system.slice/envoy.service")).unwrap();
     node.process_with_pid(12, "/system.slice/envoy.service", "envoy", &["envoy"], 1);
@@ -192,11 +241,21 @@ fn a_vanished_process_releases_its_container() {
     node.kill(envoy.pid.unwrap());
     h.tick();
     assert!(h.agent.governed().is_empty());
-    assert_eq!(envoy.cpu_max(), TWO_CORES, "released container gets its original back");
+    assert_eq!(
+        envoy.cpu_max(),
+        TWO_CORES,
+        "released container gets its original back"
+    );
     assert!(Journal::load(&node.state).unwrap().is_empty());
     let m = h.metrics();
-    assert!(!m.contains(&envoy.pod_uid), "series of a released proxy removed:\n{m}");
-    assert!(m.contains("direction=\"restore\",reason=\"released\""), "{m}");
+    assert!(
+        !m.contains(&envoy.pod_uid),
+        "series of a released proxy removed:\n{m}"
+    );
+    assert!(
+        m.contains("direction=\"restore\",reason=\"released\""),
+        "{m}"
+    );
 }
 
 #[test]
@@ -212,7 +271,10 @@ fn a_vanished_cgroup_is_forgotten_quietly() {
     assert!(h.agent.governed().is_empty());
     assert!(Journal::load(&node.state).unwrap().is_empty());
     let m = h.metrics();
-    assert!(!m.contains("sidecar_governor_errors_total{"), "churn is not an error:\n{m}");
+    assert!(
+        !m.contains("sidecar_governor_errors_total{"),
+        "churn is not an error:\n{m}"
+    );
     assert!(!m.contains(&envoy.pod_uid));
 }
 
@@ -231,9 +293,16 @@ fn an_unwritable_cpu_max_is_counted_not_fatal() {
         bad.run_for_a_second(1, 0);
         run(&mut h, &mut [&mut good], 1, |_, _| 1);
     }
-    assert_eq!(good.quota_millis(), Some(100), "the healthy proxy is still governed");
+    assert_eq!(
+        good.quota_millis(),
+        Some(100),
+        "the healthy proxy is still governed"
+    );
     let m = h.metrics();
-    assert!(m.contains("sidecar_governor_errors_total{kind=\"write\"}"), "{m}");
+    assert!(
+        m.contains("sidecar_governor_errors_total{kind=\"write\"}"),
+        "{m}"
+    );
     assert!(m.contains("sidecar_governor_proxies 2"), "{m}");
 }
 
@@ -249,11 +318,19 @@ fn a_crash_keeps_the_originals_and_a_restart_restores_them() {
     }
     let mut h = Harness::new(&node, policy(), false);
     run(&mut h, &mut [&mut envoy], 5, |_, _| 1);
-    assert_eq!(envoy.quota_millis(), Some(100), "no fight with our own earlier writes");
-    assert_eq!(h.metrics().contains("sidecar_governor_conflicts_total 0"), true);
+    assert_eq!(
+        envoy.quota_millis(),
+        Some(100),
+        "no fight with our own earlier writes"
+    );
+    assert!(h.metrics().contains("sidecar_governor_conflicts_total 0"));
     let out = h.agent.shutdown();
     assert!(out.restore.unwrap().complete());
-    assert_eq!(envoy.cpu_max(), TWO_CORES, "original from the journal, not the shrunk value");
+    assert_eq!(
+        envoy.cpu_max(),
+        TWO_CORES,
+        "original from the journal, not the shrunk value"
+    );
     assert!(Journal::load(&node.state).unwrap().is_empty());
 }
 
@@ -298,13 +375,21 @@ fn an_external_change_is_adopted_not_reverted() {
     // kubelet resizes the container to 1.5 cores.
     std::fs::write(envoy.dir.join("cpu.max"), "150000 100000\n").unwrap();
     run(&mut h, &mut [&mut envoy], 30, |_, _| 1);
-    assert_eq!(envoy.cpu_max(), "150000 100000", "left alone during the back-off");
+    assert_eq!(
+        envoy.cpu_max(),
+        "150000 100000",
+        "left alone during the back-off"
+    );
     assert!(h.metrics().contains("sidecar_governor_conflicts_total 1"));
     // After the back-off (2m) it governs again, with the new original as the ceiling.
     run(&mut h, &mut [&mut envoy], 150, |_, _| 1);
     assert_eq!(envoy.quota_millis(), Some(100));
     h.agent.shutdown();
-    assert_eq!(envoy.cpu_max(), "150000 100000", "restores the adopted original");
+    assert_eq!(
+        envoy.cpu_max(),
+        "150000 100000",
+        "restores the adopted original"
+    );
 }
 
 #[test]

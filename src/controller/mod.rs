@@ -3,8 +3,13 @@
 //! passed in, so each rule is tested tick by tick with plain tables.
 
 pub mod cpu;
+pub mod memory;
 
 pub use cpu::{CpuBounds, CpuDecision, CpuObservation, CpuState, decide_cpu};
+pub use memory::{
+    MemoryAction, MemoryBounds, MemoryDecision, MemoryEventsDelta, MemoryObservation, MemoryState,
+    decide_memory, wants_stat,
+};
 
 /// Which way an action moved a limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -45,6 +50,12 @@ pub enum Reason {
     Command,
     /// Put back because the container is no longer a governed proxy.
     Released,
+    /// First `memory.high` placement at peak plus headroom after the settle period.
+    Placement,
+    /// `memory.events` `high`, `max` or `oom_kill` went up: immediate back-off.
+    MemoryEvents,
+    /// Unreclaimable memory nearing `memory.high`: room made before it stalls.
+    NearLimit,
 }
 
 impl Reason {
@@ -58,6 +69,9 @@ impl Reason {
             Reason::Exit => "exit",
             Reason::Command => "command",
             Reason::Released => "released",
+            Reason::Placement => "placement",
+            Reason::MemoryEvents => "memory_events",
+            Reason::NearLimit => "near_limit",
         }
     }
 }

@@ -3,7 +3,7 @@
 //! `cpu.pressure`, memory files) and procfs (`<pid>/{comm,cgroup,cmdline,stat}`). The one
 //! place fixture layouts are made, so every test speaks of the same shapes.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -56,7 +56,11 @@ impl Node {
         let state = dir.path().join("state");
         fs::create_dir_all(&cgroup).unwrap();
         fs::create_dir_all(&proc).unwrap();
-        fs::write(cgroup.join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        fs::write(
+            cgroup.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
         Node {
             dir,
             cgroup,
