@@ -53,7 +53,7 @@ for d in $PROXIES $APP_R $POD_R $POD_T $POD_D; do
 	sg_save "$n.cpu.max" "$d/cpu.max"
 	sg_save "$n.cpu.max.burst" "$d/cpu.max.burst"
 done
-app_before=$(cat "$APP_R/cpu.max" "$POD_R/cpu.max" "$POD_T/cpu.max" "$POD_D/cpu.max")
+app_before=$(cat "$APP_R/cpu.max" "$POD_R/cpu.max" "$POD_T/cpu.max" "$POD_D/cpu.max" | tr '\n' ' ')
 
 cat >"$SG_POLICY" <<POLICY
 # demo policy
@@ -67,9 +67,11 @@ echo "--- policy ($SG_POLICY):"
 sed 's/^/    /' "$SG_POLICY"
 
 echo "--- sidecar-governor discover --output table:"
-timeout 20 "$SG_BIN" discover --cgroup-root "$CG" --proc-root /proc --output table 2>&1 | sed 's/^/    /' || true
+timeout 20 "$SG_BIN" discover --cgroup-root "$CG" --proc-root /proc --output table 2>/dev/null |
+	cut -c1-160 | sed 's/^/    /' || true
 
 t_start=$(sg_now_ms)
+stopped=
 # table: one line per row; "last" remembers the last change per label
 table() {
 	now=$(sg_now_ms)
@@ -87,7 +89,13 @@ table() {
 		thr=0
 		[ $((np - pnp)) -gt 0 ] && thr=$(((nt - pnt) * 100 / (np - pnp)))
 		if [ "$q" != "$pq" ]; then
-			if [ "$q" = max ] || { [ "$pq" != max ] && [ "$q" -gt "$pq" ]; }; then dir_s=up; else dir_s=down; fi
+			if [ -n "$stopped" ]; then
+				dir_s=restored
+			elif [ "$q" = max ] || { [ "$pq" != max ] && [ "$q" -gt "$pq" ]; }; then
+				dir_s=up
+			else
+				dir_s=down
+			fi
 			last="$dir_s ${pq}m -> ${q}m at ${el}s"
 		fi
 		[ "$ctr" = app ] && last="(not a proxy: never written)"
@@ -125,10 +133,11 @@ echo
 echo "--- SIGTERM to the agent"
 sg_agent_stop TERM 10
 echo "    exit code ${SG_AGENT_RC} after ${SG_AGENT_STOP_MS} ms"
+stopped=1
 table
 echo
 sg_expect "agent exit code" "$SG_AGENT_RC" 0
 sg_check_restored "restored"
 sg_expect "app and pod cpu.max unchanged" \
-	"$(cat "$APP_R/cpu.max" "$POD_R/cpu.max" "$POD_T/cpu.max" "$POD_D/cpu.max")" "$app_before"
+	"$(cat "$APP_R/cpu.max" "$POD_R/cpu.max" "$POD_T/cpu.max" "$POD_D/cpu.max" | tr '\n' ' ')" "$app_before"
 sg_done
