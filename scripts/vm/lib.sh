@@ -154,6 +154,12 @@ sg_spawn() {
 # Record a file's value under a name, to compare later.
 sg_save() { cat "$2" >"$SG_RUN/orig/$1"; }
 sg_saved() { cat "$SG_RUN/orig/$1"; }
+# The files the agent may write, of cgroup dir $1, for sg_orig and sg_check_restored.
+SG_GOVERNED_FILES="cpu.max cpu.max.burst memory.high"
+sg_save_dir() {
+	_n=$(echo "${1#"$CG"/}" | tr / :)
+	for _f in $SG_GOVERNED_FILES; do sg_save "$_n.$_f" "$1/$_f"; done
+}
 
 # The standard fixture, used by most scenarios:
 #   pod A, systemd driver, burstable, containerd:
@@ -197,11 +203,7 @@ sg_standard_pods() {
 	PROXIES="$PROXY_A $PROXY_B"
 	SG_TRACE="A=$PROXY_A B=$PROXY_B"
 	APPS="$APP_A $APP_B"
-	for _d in $PROXIES $APPS $POD_A $POD_B; do
-		_n=$(echo "${_d#"$CG"/}" | tr / :)
-		sg_save "$_n.cpu.max" "$_d/cpu.max"
-		sg_save "$_n.cpu.max.burst" "$_d/cpu.max.burst"
-	done
+	for _d in $PROXIES $APPS $POD_A $POD_B; do sg_save_dir "$_d"; done
 	# Everything kubelet owns that is not a proxy container: apps, pods, QoS levels, kubepods.
 	sg_untouched_snapshot "$APP_A" "$APP_B" "$POD_A" "$POD_B" "$(dirname "$POD_A")" \
 		"$(dirname "$POD_B")" "$CG/kubepods.slice" "$CG/kubepods" >"$SG_RUN/untouched.before"
@@ -237,12 +239,14 @@ sg_check_untouched() {
 	fi
 }
 
-# Assert that every proxy's cpu.max and cpu.max.burst are back to the values kubelet wrote.
+# Assert that every proxy's cpu.max, cpu.max.burst and memory.high are back to the values
+# kubelet wrote. The proxies are the NAME=DIR pairs of SG_TRACE.
 sg_check_restored() {
 	for _nd in $SG_TRACE; do
 		_d=${_nd#*=}
-		sg_expect "$1: proxy ${_nd%%=*} cpu.max" "$(sg_cpu_max "$_d")" "$(sg_orig "$_d" cpu.max)"
-		sg_expect "$1: proxy ${_nd%%=*} cpu.max.burst" "$(cat "$_d/cpu.max.burst")" "$(sg_orig "$_d" cpu.max.burst)"
+		for _f in $SG_GOVERNED_FILES; do
+			sg_expect "$1: proxy ${_nd%%=*} $_f" "$(cat "$_d/$_f")" "$(sg_orig "$_d" "$_f")"
+		done
 	done
 }
 

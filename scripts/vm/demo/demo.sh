@@ -48,11 +48,7 @@ d details linkerd-proxy $PROXY_D
 ROWS
 PROXIES="$PROXY_R $PROXY_T $PROXY_D"
 SG_TRACE="reviews=$PROXY_R ratings=$PROXY_T details=$PROXY_D"
-for d in $PROXIES $APP_R $POD_R $POD_T $POD_D; do
-	n=$(echo "${d#"$CG"/}" | tr / :)
-	sg_save "$n.cpu.max" "$d/cpu.max"
-	sg_save "$n.cpu.max.burst" "$d/cpu.max.burst"
-done
+for d in $PROXIES $APP_R $POD_R $POD_T $POD_D; do sg_save_dir "$d"; done
 app_before=$(cat "$APP_R/cpu.max" "$POD_R/cpu.max" "$POD_T/cpu.max" "$POD_D/cpu.max" | tr '\n' ' ')
 
 cat >"$SG_POLICY" <<POLICY
