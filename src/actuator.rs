@@ -6,8 +6,10 @@ use std::path::Path;
 
 use tracing::{debug, info, warn};
 
-use crate::cgroup::parse::parse_cpu_max;
-use crate::cgroup::{CgroupError, CpuMax, write_verified};
+use std::time::Duration;
+
+use crate::cgroup::parse::{parse_cpu_max, parse_u64_or_max};
+use crate::cgroup::{CgroupError, CpuMax, read_value, write_once, write_verified};
 use crate::discovery::cgroup_path::parse_container_path;
 use crate::journal::{Entry, Journal, JournalError};
 
@@ -24,7 +26,137 @@ pub fn write_cpu_max(dir: &Path, value: &CpuMax) -> Result<CpuMax, CgroupError> 
 
 /// Sets the quota of `dir` to `millis` millicores, keeping the period of `current`.
 pub fn set_cpu_quota(dir: &Path, current: &CpuMax, millis: u64) -> Result<CpuMax, CgroupError> {
-    write_cpu_max(dir, &current.with_millis(millis))
+    set_cpu(dir, current, millis, 0.0).map(|(m, _)| m)
+}
+
+/// Reads `cpu.max.burst` (`None` when the kernel has no burst, before 5.14).
+pub fn read_cpu_burst(dir: &Path) -> Result<Option<u64>, CgroupError> {
+    match read_value(dir, "cpu.max.burst", parse_u64_or_max) {
+        Ok(v) => Ok(v),
+        Err(e) if e.is_gone() && dir.is_dir() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_burst(dir: &Path, burst_us: u64) -> Result<(), CgroupError> {
+    write_verified(
+        dir,
+        "cpu.max.burst",
+        &burst_us.to_string(),
+        &Some(burst_us),
+        parse_u64_or_max,
+    )
+    .map(|_| ())
+}
+
+/// Sets the quota of `dir` to `millis` millicores (period kept) and, with `burst_ratio` > 0,
+/// `cpu.max.burst` to that share of the quota. The kernel refuses a burst above the quota, so
+/// burst goes down before the quota does and up after it; both are read back. Returns the
+/// new `cpu.max` and the burst now in force (if the kernel has burst).
+pub fn set_cpu(
+    dir: &Path,
+    current: &CpuMax,
+    millis: u64,
+    burst_ratio: f64,
+) -> Result<(CpuMax, Option<u64>), CgroupError> {
+    let new = current.with_millis(millis);
+    let text = new.to_string();
+    new.validate().map_err(|reason| CgroupError::Invalid {
+        path: dir.join("cpu.max"),
+        value: text.clone(),
+        reason,
+    })?;
+    let quota = new.quota_us.unwrap_or(u64::MAX);
+    let wanted = (burst_ratio > 0.0).then_some((quota as f64 * burst_ratio) as u64);
+    let mut burst = read_cpu_burst(dir)?;
+    if let Some(b) = burst
+        && b > quota
+    {
+        let lower = wanted.unwrap_or(0).min(quota);
+        write_burst(dir, lower)?;
+        burst = Some(lower);
+    }
+    let now = write_cpu_max(dir, &new)?;
+    if let (Some(w), Some(b)) = (wanted, burst)
+        && w != b
+    {
+        write_burst(dir, w.min(quota))?;
+        burst = Some(w.min(quota));
+    }
+    Ok((now, burst))
+}
+
+/// Runs a write that may block (memory writes reclaim synchronously in the writer) on its own
+/// thread and waits at most `timeout`; after that the write is left to finish on its own and
+/// a [`CgroupError::Timeout`] is returned. The control loop never blocks longer.
+fn with_timeout<T: Send + 'static>(
+    path: std::path::PathBuf,
+    value: String,
+    timeout: Duration,
+    write: impl FnOnce() -> Result<T, CgroupError> + Send + 'static,
+) -> Result<T, CgroupError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("cgroup-write".into())
+        .spawn(move || {
+            let _ = tx.send(write());
+        });
+    if let Err(source) = spawned {
+        return Err(CgroupError::Write {
+            path,
+            value,
+            source,
+        });
+    }
+    match rx.recv_timeout(timeout) {
+        Ok(result) => result,
+        Err(_) => Err(CgroupError::Timeout {
+            path,
+            value,
+            after: timeout,
+        }),
+    }
+}
+
+/// Writes `memory.high` (`None` = `max`) with a timeout, reading it back to confirm. Byte
+/// values are rounded down to whole 4 KiB pages, as the kernel stores them.
+pub fn set_memory_high(
+    dir: &Path,
+    bytes: Option<u64>,
+    timeout: Duration,
+) -> Result<Option<u64>, CgroupError> {
+    let bytes = bytes.map(|b| b & !4095);
+    let text = bytes.map_or_else(|| "max".to_string(), |b| b.to_string());
+    if bytes == Some(0) {
+        return Err(CgroupError::Invalid {
+            path: dir.join("memory.high"),
+            value: text,
+            reason: "a zero memory.high would stall every task".into(),
+        });
+    }
+    let owned = dir.to_path_buf();
+    let value = text.clone();
+    with_timeout(dir.join("memory.high"), text, timeout, move || {
+        write_verified(&owned, "memory.high", &value, &bytes, parse_u64_or_max)
+    })
+}
+
+/// Asks the kernel to reclaim `bytes` from the cgroup once (`memory.reclaim`, Linux 5.19+),
+/// with a timeout. The kernel answers `EAGAIN` when it freed less than asked: that is not an
+/// error (there was less to reclaim).
+pub fn reclaim_memory(dir: &Path, bytes: u64, timeout: Duration) -> Result<(), CgroupError> {
+    let owned = dir.to_path_buf();
+    let text = bytes.to_string();
+    let value = text.clone();
+    with_timeout(
+        dir.join("memory.reclaim"),
+        text,
+        timeout,
+        move || match write_once(&owned, "memory.reclaim", &value) {
+            Err(CgroupError::Write { source, .. }) if source.raw_os_error() == Some(11) => Ok(()),
+            other => other,
+        },
+    )
 }
 
 /// What restoring one journal entry found.
@@ -65,8 +197,36 @@ pub fn restore_entry(
         path: dir.join("cpu.max"),
         source,
     })?;
-    match write_cpu_max(&dir, &original) {
-        Ok(_) => Ok(Restored::Restored),
+    let restore = || -> Result<(), CgroupError> {
+        // Burst may not exceed the quota: clear it, put the quota back, then the burst.
+        let burst = match &entry.cpu_max_burst {
+            Some(text) => Some(parse_u64_or_max(text).map_err(|source| CgroupError::Parse {
+                path: dir.join("cpu.max.burst"),
+                source,
+            })?),
+            None => None,
+        };
+        if burst.is_some() {
+            write_burst(&dir, 0)?;
+        }
+        write_cpu_max(&dir, &original)?;
+        if let Some(Some(b)) = burst
+            && b > 0
+        {
+            write_burst(&dir, b)?;
+        }
+        if let Some(text) = &entry.memory_high {
+            let high = parse_u64_or_max(text).map_err(|source| CgroupError::Parse {
+                path: dir.join("memory.high"),
+                source,
+            })?;
+            // Putting a limit back up never reclaims; a lower original may, so bound it.
+            set_memory_high(&dir, high, Duration::from_secs(10))?;
+        }
+        Ok(())
+    };
+    match restore() {
+        Ok(()) => Ok(Restored::Restored),
         Err(e) if e.is_gone() && !dir.exists() => Ok(Restored::Gone),
         Err(e) => Err(e),
     }
@@ -140,6 +300,8 @@ mod tests {
             pod: String::new(),
             container: String::new(),
             cpu_max: cpu.into(),
+            cpu_max_burst: None,
+            memory_high: None,
             recorded_at: 0,
         }
     }
@@ -198,6 +360,85 @@ mod tests {
         let reloaded = Journal::load(state.path()).unwrap();
         assert_eq!(reloaded.len(), 1);
         assert!(reloaded.get(bad_key).is_some());
+    }
+
+    #[test]
+    fn burst_goes_down_before_the_quota_and_up_after() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpu.max"), "200000 100000\n").unwrap();
+        std::fs::write(dir.path().join("cpu.max.burst"), "150000\n").unwrap();
+        let current = parse_cpu_max("200000 100000").unwrap();
+        let (now, burst) = set_cpu(dir.path(), &current, 500, 0.5).unwrap();
+        assert_eq!(now.to_string(), "50000 100000");
+        assert_eq!(burst, Some(25_000));
+        let (now, burst) = set_cpu(dir.path(), &now, 1000, 0.5).unwrap();
+        assert_eq!((now.quota_us, burst), (Some(100_000), Some(50_000)));
+        // Without a ratio, an existing burst above the new quota is still lowered first.
+        std::fs::write(dir.path().join("cpu.max.burst"), "90000\n").unwrap();
+        let (_, burst) = set_cpu(dir.path(), &now, 100, 0.0).unwrap();
+        assert_eq!(burst, Some(0));
+    }
+
+    #[test]
+    fn memory_high_is_page_aligned_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("memory.high"), "max\n").unwrap();
+        let got = set_memory_high(
+            dir.path(),
+            Some(100 * 1024 * 1024 + 123),
+            Duration::from_secs(1),
+        );
+        assert_eq!(got.unwrap(), Some(100 * 1024 * 1024));
+        assert_eq!(
+            set_memory_high(dir.path(), None, Duration::from_secs(1)).unwrap(),
+            None
+        );
+        assert_eq!(
+            set_memory_high(dir.path(), Some(10), Duration::from_secs(1))
+                .unwrap_err()
+                .kind(),
+            "invalid_value"
+        );
+    }
+
+    #[test]
+    fn a_write_that_blocks_times_out() {
+        // A FIFO with no reader blocks open(2) for writing: the stand-in for a write that
+        // reclaims for a long time.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("memory.reclaim");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let started = std::time::Instant::now();
+        let err = reclaim_memory(dir.path(), 4096, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(err.kind(), "write_timeout");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // Unblock the writer thread so it ends.
+        let _ = std::fs::File::open(&fifo);
+    }
+
+    #[test]
+    fn restore_puts_back_memory_and_burst() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join(KEY);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cpu.max"), "10000 100000\n").unwrap();
+        std::fs::write(dir.join("cpu.max.burst"), "5000\n").unwrap();
+        std::fs::write(dir.join("memory.high"), "52428800\n").unwrap();
+        let mut e = entry("200000 100000");
+        e.cpu_max_burst = Some("50000".into());
+        e.memory_high = Some("max".into());
+        assert_eq!(
+            restore_entry(root.path(), KEY, &e).unwrap(),
+            Restored::Restored
+        );
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read("cpu.max"), "200000 100000");
+        assert_eq!(read("cpu.max.burst"), "50000");
+        assert_eq!(read("memory.high"), "max");
     }
 
     #[test]

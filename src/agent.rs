@@ -3,6 +3,9 @@
 //! tests drive it on fixture trees; [`Agent::run`] is the real loop on its own thread, woken by
 //! the interval or by a [`Command`] (stop, new policy).
 
+mod memory;
+mod storm;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,12 +16,14 @@ use tracing::{debug, info, warn};
 
 use crate::actuator::{self, RestoreReport};
 use crate::cgroup::{CgroupError, CpuMax};
-use crate::controller::{CpuBounds, CpuObservation, CpuState, Reason, decide_cpu};
+use crate::controller::{
+    CpuBounds, CpuDecision, CpuObservation, CpuState, Direction, Reason, decide_cpu,
+};
 use crate::discovery::{Discovery, Proxy};
 use crate::events::{EventReason, EventSink, NoEvents, PodEvent};
 use crate::journal::{Entry, Journal, JournalError};
 use crate::metrics::ProxyLabels;
-use crate::policy::{Mode, Policy};
+use crate::policy::{CpuPolicy, Mode, Policy};
 use crate::quantity::format_cpu_millis;
 use crate::sampler::{ProxyFiles, RawSample, cpu_observation};
 use crate::server::{ActionView, ProxyView, Shared, now_unix};
@@ -53,6 +58,36 @@ struct Governed {
     /// The proxy's own mode (namespace override or pod annotation): `DryRun` means no writes
     /// for this one; `Off` proxies are never governed.
     mode: Mode,
+    /// The memory side; `None` when the cgroup has no memory controller files.
+    mem: Option<memory::MemoryGoverned>,
+}
+
+/// A CPU decision taken this tick, waiting for the push-storm check before it is applied.
+#[derive(Debug)]
+struct PendingCpu {
+    key: String,
+    decision: CpuDecision,
+    from: u64,
+    floor: u64,
+    sample: RawSample,
+    obs: CpuObservation,
+    dry_run: bool,
+    burst_ratio: f64,
+}
+
+/// Whether a container's originals are in the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Journaling {
+    Recorded,
+    Failed,
+}
+
+/// What sampling and deciding one proxy's CPU came to.
+#[derive(Debug)]
+enum Step {
+    Gone,
+    Steady,
+    Decided(Box<PendingCpu>),
 }
 
 /// Outcome of stopping the agent.
@@ -74,6 +109,7 @@ pub struct Agent {
     last_scan: Option<Instant>,
     buf: Vec<u8>,
     events: Arc<dyn EventSink>,
+    storm: storm::StormDetector,
 }
 
 /// `Discovery` plus `Debug`, so the agent can derive `Debug`.
@@ -112,6 +148,7 @@ impl Agent {
             last_scan: None,
             buf: Vec::with_capacity(4096),
             events: Arc::new(NoEvents),
+            storm: storm::StormDetector::default(),
         };
         agent.publish_mode();
         agent
@@ -173,8 +210,54 @@ impl Agent {
         }
         let keys: Vec<String> = self.governed.keys().cloned().collect();
         let mut gone = Vec::new();
+        let mut pending = Vec::new();
         for key in keys {
-            if !self.step(&key, now) {
+            let dry_run = self.proxy_dry_run(&key);
+            let alive = match self.step(&key, now) {
+                Step::Gone => false,
+                Step::Steady => true,
+                Step::Decided(p) => {
+                    pending.push(*p);
+                    true
+                }
+            };
+            if !alive || !self.step_memory(&key, now, dry_run) {
+                gone.push(key);
+            }
+        }
+        // Many proxies wanting to grow at once is a config push: hold growth back briefly.
+        let wanting: Vec<&str> = pending
+            .iter()
+            .filter(|p| {
+                p.decision.direction == Direction::Up && p.decision.reason != Reason::Policy
+            })
+            .map(|p| p.key.as_str())
+            .collect();
+        let storm = self.storm.observe(
+            now,
+            &wanting,
+            self.governed.len(),
+            &self.policy.cpu.push_storm,
+        );
+        if storm == storm::Storm::Started {
+            self.shared.metrics.push_storms.inc();
+            warn!(
+                proxies = wanting.len(),
+                governed = self.governed.len(),
+                grace_s = self.policy.cpu.push_storm.grace.as_secs_f64(),
+                "push storm: many proxies spiked at once (a config push?); holding growth back"
+            );
+        }
+        for p in pending {
+            if storm != storm::Storm::Calm
+                && p.decision.direction == Direction::Up
+                && p.decision.reason != Reason::Policy
+            {
+                debug!(cgroup = p.key, "growth held back during a push storm");
+                continue;
+            }
+            let key = p.key.clone();
+            if !self.apply_cpu(p) {
                 gone.push(key);
             }
         }
@@ -326,8 +409,24 @@ impl Agent {
             );
             self.shared.metrics.error("annotation");
         }
+        let journaled_high = self
+            .journal
+            .get(&proxy.key)
+            .and_then(|e| e.memory_high.clone());
+        let mem = match memory::MemoryGoverned::open(
+            &proxy.dir,
+            &mut self.buf,
+            journaled_high.as_deref(),
+        ) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                debug!(cgroup = proxy.key, error = %e, "no memory files; memory not governed");
+                None
+            }
+        };
         let labels = labels_of(&proxy);
         let governed = Governed {
+            mem,
             labels,
             files,
             prev: None,
@@ -386,14 +485,20 @@ impl Agent {
         if self.dry_run() {
             return None;
         }
-        let pods: BTreeMap<String, (String, String, String)> = self
+        type PodOf = (String, String, String, bool);
+        let pods: BTreeMap<String, PodOf> = self
             .journal
             .entries()
             .filter(|(k, _)| select(k))
             .map(|(k, e)| {
                 (
                     k.clone(),
-                    (e.namespace.clone(), e.pod.clone(), e.pod_uid.clone()),
+                    (
+                        e.namespace.clone(),
+                        e.pod.clone(),
+                        e.pod_uid.clone(),
+                        e.memory_high.is_some(),
+                    ),
                 )
             })
             .collect();
@@ -403,7 +508,12 @@ impl Agent {
                     self.shared
                         .metrics
                         .action("cpu", "restore", reason.as_str());
-                    if let Some((namespace, pod, pod_uid)) = pods.get(key.as_str()) {
+                    if pods.get(key.as_str()).is_some_and(|p| p.3) {
+                        self.shared
+                            .metrics
+                            .action("memory", "restore", reason.as_str());
+                    }
+                    if let Some((namespace, pod, pod_uid, _)) = pods.get(key.as_str()) {
                         self.events.emit(PodEvent {
                             namespace: namespace.clone(),
                             pod: pod.clone(),
@@ -426,8 +536,63 @@ impl Agent {
         }
     }
 
-    /// Samples, decides and acts for one proxy. Returns false when it is gone.
-    fn step(&mut self, key: &str, now: Instant) -> bool {
+    /// True when this proxy's decisions are not written (global or its own dry run).
+    fn proxy_dry_run(&self, key: &str) -> bool {
+        self.dry_run()
+            || self
+                .governed
+                .get(key)
+                .is_some_and(|g| g.mode == Mode::DryRun)
+    }
+
+    /// The CPU bounds of one proxy: policy (narrowed by namespace override and pod
+    /// annotations), its original limit, and Envoy's worker count.
+    fn cpu_bounds(cpu: &CpuPolicy, g: &Governed) -> CpuBounds {
+        CpuBounds::new(cpu, g.original.millis())
+            .with_concurrency(g.proxy.concurrency, cpu.per_worker_min_millis)
+    }
+
+    /// Makes sure `key`'s originals (CPU and, when governed, memory) are journaled before a
+    /// write. Never write what could not be journaled.
+    fn ensure_journaled(&mut self, key: &str) -> Journaling {
+        let Some(g) = self.governed.get(key) else {
+            return Journaling::Failed;
+        };
+        let memory_high = g.mem.as_ref().map(|m| memory::high_text(m.original));
+        let result = match self.journal.get(key) {
+            Some(e) if e.memory_high.is_some() || memory_high.is_none() => {
+                return Journaling::Recorded;
+            }
+            Some(_) => self.journal.update(key, |e| e.memory_high = memory_high),
+            None => {
+                let burst = actuator::read_cpu_burst(&g.proxy.dir).ok().flatten();
+                let entry = Entry {
+                    pod_uid: g.proxy.pod_uid.clone(),
+                    container_id: g.proxy.container_id.clone(),
+                    namespace: g.proxy.namespace.clone(),
+                    pod: g.proxy.pod.clone(),
+                    container: g.proxy.container.clone(),
+                    cpu_max: g.original.to_string(),
+                    cpu_max_burst: burst.map(|b| b.to_string()),
+                    memory_high,
+                    recorded_at: now_unix(),
+                };
+                self.journal.record(key, entry)
+            }
+        };
+        match result {
+            Ok(()) => Journaling::Recorded,
+            Err(e) => {
+                warn!(cgroup = key, error = %e, "cannot journal originals; not writing");
+                self.shared.metrics.error("journal");
+                Journaling::Failed
+            }
+        }
+    }
+
+    /// Samples and decides the CPU of one proxy; the decision is applied by [`Self::apply_cpu`]
+    /// once the whole node has been seen (push-storm check).
+    fn step(&mut self, key: &str, now: Instant) -> Step {
         // The proxy's own dry run and bounds (namespace override, pod annotations).
         let (dry_run, cpu_policy) = match self.governed.get(key) {
             Some(g) => (
@@ -436,21 +601,21 @@ impl Agent {
                     .effective(&g.proxy.namespace, &g.proxy.control)
                     .cpu,
             ),
-            None => return true,
+            None => return Step::Steady,
         };
         let Some(g) = self.governed.get_mut(key) else {
-            return true;
+            return Step::Steady;
         };
         let sample = match g.files.sample(&mut self.buf, now) {
             Ok(s) => s,
-            Err(e) if e.is_gone() => return false,
+            Err(e) if e.is_gone() => return Step::Gone,
             Err(e) => {
                 if !g.failing {
                     warn!(cgroup = key, error = %e, "cannot sample proxy");
                 }
                 g.failing = true;
                 self.shared.metrics.error(e.kind());
-                return true;
+                return Step::Steady;
             }
         };
         if g.failing {
@@ -483,7 +648,8 @@ impl Agent {
                     g.written = None;
                     g.cpu = CpuState::default();
                     g.backoff_until = Some(now + self.policy.cpu.conflict_backoff);
-                    if let Err(e) = self.journal.remove_all([key]) {
+                    let text = sample.cpu_max.to_string();
+                    if let Err(e) = self.journal.update(key, |e| e.cpu_max = text) {
                         warn!(cgroup = key, error = %e, "cannot update journal");
                         self.shared.metrics.error("journal");
                     }
@@ -493,7 +659,7 @@ impl Agent {
             }
         }
 
-        let bounds = CpuBounds::new(&cpu_policy, g.original.millis());
+        let bounds = Self::cpu_bounds(&cpu_policy, g);
         let in_force = if dry_run {
             g.planned_millis.or(sample.cpu_max.millis())
         } else {
@@ -506,42 +672,55 @@ impl Agent {
             .and_then(|prev| cpu_observation(prev, &sample, in_force));
         g.prev = Some(sample);
         let Some(obs) = obs else {
-            return true;
+            return Step::Steady;
         };
         g.last_obs = Some(obs);
         if let Some(until) = g.backoff_until {
             if now < until {
-                return true;
+                return Step::Steady;
             }
             g.backoff_until = None;
         }
-        let Some(decision) = decide_cpu(&mut g.cpu, &obs, bounds, &cpu_policy) else {
+        match decide_cpu(&mut g.cpu, &obs, bounds, &cpu_policy) {
+            None => Step::Steady,
+            Some(decision) => Step::Decided(Box::new(PendingCpu {
+                key: key.to_string(),
+                decision,
+                from: in_force,
+                floor: bounds.floor,
+                sample,
+                obs,
+                dry_run,
+                burst_ratio: cpu_policy.burst_ratio,
+            })),
+        }
+    }
+
+    /// Applies a CPU decision. Returns false when the proxy turned out to be gone.
+    fn apply_cpu(&mut self, p: PendingCpu) -> bool {
+        let PendingCpu {
+            key,
+            decision,
+            from,
+            floor,
+            sample,
+            obs,
+            dry_run,
+            burst_ratio,
+        } = p;
+        let key = key.as_str();
+        let to = decision.quota_millis;
+        if !dry_run && self.ensure_journaled(key) == Journaling::Failed {
+            return true;
+        }
+        let Some(g) = self.governed.get_mut(key) else {
             return true;
         };
-        let from = in_force;
-        let to = decision.quota_millis;
         if dry_run {
             g.planned_millis = Some(to);
         } else {
-            if g.written.is_none() && self.journal.get(key).is_none() {
-                let entry = Entry {
-                    pod_uid: g.proxy.pod_uid.clone(),
-                    container_id: g.proxy.container_id.clone(),
-                    namespace: g.proxy.namespace.clone(),
-                    pod: g.proxy.pod.clone(),
-                    container: g.proxy.container.clone(),
-                    cpu_max: g.original.to_string(),
-                    recorded_at: now_unix(),
-                };
-                if let Err(e) = self.journal.record(key, entry) {
-                    // Never write what could not be journaled.
-                    warn!(cgroup = key, error = %e, "cannot journal original; not writing");
-                    self.shared.metrics.error("journal");
-                    return true;
-                }
-            }
-            match actuator::set_cpu_quota(&g.proxy.dir, &sample.cpu_max, to) {
-                Ok(now_max) => {
+            match actuator::set_cpu(&g.proxy.dir, &sample.cpu_max, to, burst_ratio) {
+                Ok((now_max, _burst)) => {
                     g.written = Some(now_max);
                     g.prev = Some(RawSample {
                         cpu_max: now_max,
@@ -568,8 +747,8 @@ impl Agent {
         self.shared.metrics.action("cpu", direction, reason);
         let event = match decision.direction {
             _ if dry_run => None,
-            crate::controller::Direction::Up => Some(EventReason::ScaledUp),
-            crate::controller::Direction::Down if to <= bounds.floor => Some(EventReason::AtFloor),
+            Direction::Up => Some(EventReason::ScaledUp),
+            Direction::Down if to <= floor => Some(EventReason::AtFloor),
             _ => None,
         };
         if let Some(event) = event {
@@ -650,7 +829,27 @@ impl Agent {
                         .get_or_create(&g.labels)
                         .set(o.throttled_ratio);
                 }
+                let memory_high = g.mem.as_ref().and_then(|mm| mm.shown_high(dry_run));
+                let reading = g.mem.as_ref().and_then(|mm| mm.last);
+                if let Some(r) = reading {
+                    m.memory_high_bytes
+                        .get_or_create(&g.labels)
+                        .set(memory_high.map_or(f64::INFINITY, |h| h as f64));
+                    m.memory_usage_bytes
+                        .get_or_create(&g.labels)
+                        .set(r.current as f64);
+                    let limit = g.mem.as_ref().and_then(|mm| mm.limit);
+                    m.memory_max_bytes
+                        .get_or_create(&g.labels)
+                        .set(limit.map_or(f64::INFINITY, |l| l as f64));
+                    if let Some(pr) = r.pressure {
+                        m.memory_pressure_ratio.get_or_create(&g.labels).set(pr);
+                    }
+                }
                 ProxyView {
+                    memory_high_bytes: memory_high,
+                    memory_usage_bytes: reading.map(|r| r.current),
+                    memory_pressure_ratio: reading.and_then(|r| r.pressure),
                     key: g.proxy.key.clone(),
                     namespace: g.proxy.namespace.clone(),
                     pod: g.proxy.pod.clone(),

@@ -52,6 +52,12 @@ pub struct Entry {
     pub container: String,
     /// `cpu.max` before the agent's first write.
     pub cpu_max: String,
+    /// `cpu.max.burst` before the agent's first write, when the agent manages burst.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_max_burst: Option<String>,
+    /// `memory.high` before the agent's first write, when memory is governed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_high: Option<String>,
     /// Seconds since the epoch when recorded.
     pub recorded_at: u64,
 }
@@ -166,6 +172,26 @@ impl Journal {
         })
     }
 
+    /// Changes `key`'s entry with `change` (if there is one) and persists before returning;
+    /// on failure the entry is left as it was.
+    pub fn update(
+        &mut self,
+        key: &str,
+        change: impl FnOnce(&mut Entry),
+    ) -> Result<(), JournalError> {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return Ok(());
+        };
+        let before = entry.clone();
+        change(entry);
+        if *entry == before {
+            return Ok(());
+        }
+        self.persist().inspect_err(|_| {
+            self.entries.insert(key.to_string(), before);
+        })
+    }
+
     /// Forgets the given keys (restored or gone) and persists if anything changed.
     pub fn remove_all<'a>(
         &mut self,
@@ -220,6 +246,8 @@ mod tests {
             pod: String::new(),
             container: String::new(),
             cpu_max: cpu.into(),
+            cpu_max_burst: None,
+            memory_high: None,
             recorded_at: 1,
         }
     }
@@ -252,6 +280,31 @@ mod tests {
         .unwrap();
         let j2 = Journal::load(dir.path()).unwrap();
         assert_eq!(j2.get("a/b").unwrap().cpu_max, "200000 100000");
+    }
+
+    #[test]
+    fn update_changes_one_entry_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::load(dir.path()).unwrap();
+        j.record("a", entry("max 100000")).unwrap();
+        j.update("a", |e| e.memory_high = Some("max".into()))
+            .unwrap();
+        j.update("missing", |e| e.cpu_max = "x".into()).unwrap();
+        let j2 = Journal::load(dir.path()).unwrap();
+        assert_eq!(j2.get("a").unwrap().memory_high.as_deref(), Some("max"));
+        assert_eq!(j2.len(), 1);
+    }
+
+    #[test]
+    fn entries_without_newer_fields_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("journal.json"),
+            br#"{"version":1,"entries":{"k":{"podUid":"u","containerId":"c","cpuMax":"max 100000","recordedAt":1}}}"#,
+        )
+        .unwrap();
+        let j = Journal::load(dir.path()).unwrap();
+        assert_eq!(j.get("k").unwrap().memory_high, None);
     }
 
     #[test]

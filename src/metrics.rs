@@ -65,6 +65,11 @@ pub struct Metrics {
     pub cpu_original_millicores: Family<ProxyLabels, FloatGauge>,
     pub cpu_usage_millicores: Family<ProxyLabels, FloatGauge>,
     pub cpu_throttled_ratio: Family<ProxyLabels, FloatGauge>,
+    pub memory_high_bytes: Family<ProxyLabels, FloatGauge>,
+    pub memory_usage_bytes: Family<ProxyLabels, FloatGauge>,
+    pub memory_max_bytes: Family<ProxyLabels, FloatGauge>,
+    pub memory_pressure_ratio: Family<ProxyLabels, FloatGauge>,
+    pub push_storms: Counter,
     pub tick_duration_seconds: Histogram,
     pub ticks: Counter,
     pub errors: Family<ErrorLabels, Counter>,
@@ -97,6 +102,11 @@ impl Metrics {
             cpu_original_millicores: Family::default(),
             cpu_usage_millicores: Family::default(),
             cpu_throttled_ratio: Family::default(),
+            memory_high_bytes: Family::default(),
+            memory_usage_bytes: Family::default(),
+            memory_max_bytes: Family::default(),
+            memory_pressure_ratio: Family::default(),
+            push_storms: Counter::default(),
             tick_duration_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             ticks: Counter::default(),
             errors: Family::default(),
@@ -112,6 +122,31 @@ impl Metrics {
             events: Family::default(),
         };
         registry.register("proxies", "Proxies governed now", m.proxies.clone());
+        registry.register(
+            "memory_high_bytes",
+            "memory.high in force (planned, in dry run); +Inf when unlimited",
+            m.memory_high_bytes.clone(),
+        );
+        registry.register(
+            "memory_usage_bytes",
+            "memory.current at the last tick",
+            m.memory_usage_bytes.clone(),
+        );
+        registry.register(
+            "memory_max_bytes",
+            "The container's memory.max (the hard limit); +Inf when unlimited",
+            m.memory_max_bytes.clone(),
+        );
+        registry.register(
+            "memory_pressure_ratio",
+            "Share of the last tick some task stalled on memory (memory.pressure some)",
+            m.memory_pressure_ratio.clone(),
+        );
+        registry.register(
+            "push_storms",
+            "Node-wide simultaneous CPU spikes (config pushes) absorbed instead of scaling up",
+            m.push_storms.clone(),
+        );
         registry.register(
             "actions",
             "Limit changes made (or, in dry run, decided), by resource, direction and reason",
@@ -251,6 +286,10 @@ impl Metrics {
         self.cpu_original_millicores.remove(labels);
         self.cpu_usage_millicores.remove(labels);
         self.cpu_throttled_ratio.remove(labels);
+        self.memory_high_bytes.remove(labels);
+        self.memory_usage_bytes.remove(labels);
+        self.memory_max_bytes.remove(labels);
+        self.memory_pressure_ratio.remove(labels);
     }
 
     /// Marks `source` as the discovery source in use.

@@ -6,12 +6,24 @@
 use std::path::Path;
 use std::time::Instant;
 
-use crate::cgroup::parse::{parse_cpu_max, parse_cpu_stat, parse_pressure};
-use crate::cgroup::{CgroupError, CgroupFile, CpuMax, CpuStat, Pressure};
-use crate::controller::CpuObservation;
+use crate::cgroup::parse::{
+    parse_cpu_max, parse_cpu_stat, parse_memory_events, parse_memory_stat, parse_pressure,
+    parse_u64_or_max,
+};
+use crate::cgroup::{CgroupError, CgroupFile, CpuMax, CpuStat, MemoryEvents, MemoryStat, Pressure};
+use crate::controller::{CpuObservation, MemoryEventsDelta};
 
 /// The interface files read every tick for each proxy (the benchmark's baseline reads the same).
-pub const TICK_FILES: &[&str] = &["cpu.stat", "cpu.max", "cpu.pressure"];
+/// (`memory.stat` is read only when a memory decision needs it.)
+pub const TICK_FILES: &[&str] = &[
+    "cpu.stat",
+    "cpu.max",
+    "cpu.pressure",
+    "memory.current",
+    "memory.high",
+    "memory.events",
+    "memory.pressure",
+];
 
 /// The files read every tick for one proxy.
 #[derive(Debug)]
@@ -63,6 +75,102 @@ impl ProxyFiles {
             cpu_pressure,
         })
     }
+}
+
+/// The memory files read every tick for one proxy.
+#[derive(Debug)]
+pub struct MemoryFiles {
+    current: CgroupFile,
+    high: CgroupFile,
+    events: CgroupFile,
+    pressure: Option<CgroupFile>,
+}
+
+/// One tick's raw reading of a proxy's memory files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryRaw {
+    pub at: Instant,
+    pub current: u64,
+    /// `memory.high` (`None` = `max`).
+    pub high: Option<u64>,
+    pub events: MemoryEvents,
+    pub pressure: Option<Pressure>,
+}
+
+impl MemoryFiles {
+    /// Opens the memory files of the container cgroup `dir`.
+    pub fn open(dir: &Path) -> Result<Self, CgroupError> {
+        Ok(Self {
+            current: CgroupFile::open(dir.join("memory.current"))?,
+            high: CgroupFile::open(dir.join("memory.high"))?,
+            events: CgroupFile::open(dir.join("memory.events"))?,
+            pressure: CgroupFile::open(dir.join("memory.pressure")).ok(),
+        })
+    }
+
+    /// Reads all files now.
+    pub fn sample(&mut self, buf: &mut Vec<u8>, at: Instant) -> Result<MemoryRaw, CgroupError> {
+        let current = self
+            .current
+            .read_parsed(buf, parse_u64_or_max)?
+            .unwrap_or(u64::MAX);
+        let high = self.high.read_parsed(buf, parse_u64_or_max)?;
+        let events = self.events.read_parsed(buf, parse_memory_events)?;
+        let pressure = match &self.pressure {
+            Some(file) => match file.read_parsed(buf, parse_pressure) {
+                Ok(p) => Some(p),
+                Err(e) if e.is_gone() => return Err(e),
+                Err(_) => {
+                    self.pressure = None;
+                    None
+                }
+            },
+            None => None,
+        };
+        Ok(MemoryRaw {
+            at,
+            current,
+            high,
+            events,
+            pressure,
+        })
+    }
+}
+
+/// Reads `memory.stat` of `dir` once (it is large: only when a decision needs it).
+pub fn read_memory_stat(dir: &Path) -> Result<MemoryStat, CgroupError> {
+    crate::cgroup::read_value(dir, "memory.stat", parse_memory_stat)
+}
+
+/// Reads `memory.max` of `dir` (`None` = unlimited).
+pub fn read_memory_max(dir: &Path) -> Result<Option<u64>, CgroupError> {
+    crate::cgroup::read_value(dir, "memory.max", parse_u64_or_max)
+}
+
+/// Memory deltas between two samples: elapsed time, event increments and the share of time
+/// some task stalled on memory. `None` when no time passed or a counter went backwards.
+pub fn memory_deltas(
+    prev: &MemoryRaw,
+    cur: &MemoryRaw,
+) -> Option<(std::time::Duration, MemoryEventsDelta, Option<f64>)> {
+    let elapsed = cur.at.checked_duration_since(prev.at)?;
+    let elapsed_us = elapsed.as_micros() as f64;
+    if elapsed_us <= 0.0 {
+        return None;
+    }
+    let events = MemoryEventsDelta {
+        high: cur.events.high.checked_sub(prev.events.high)?,
+        max: cur.events.max.checked_sub(prev.events.max)?,
+        oom_kill: cur.events.oom_kill.checked_sub(prev.events.oom_kill)?,
+    };
+    let pressure = match (prev.pressure, cur.pressure) {
+        (Some(a), Some(b)) => b
+            .some_total_us
+            .checked_sub(a.some_total_us)
+            .map(|d| (d as f64 / elapsed_us).min(1.0)),
+        _ => None,
+    };
+    Some((elapsed, events, pressure))
 }
 
 /// Deltas between two samples as the controller sees them, with `quota_millis` the quota in
@@ -151,6 +259,37 @@ mod tests {
         let b = sample(t0 + Duration::from_secs(1), 10, 1, 0, 0);
         assert_eq!(cpu_observation(&a, &b, 100), None);
         assert_eq!(cpu_observation(&a, &a, 100), None);
+    }
+
+    #[test]
+    fn memory_files_and_deltas() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = |f: &str, t: &str| std::fs::write(dir.path().join(f), t).unwrap();
+        w("memory.current", "1048576\n");
+        w("memory.high", "max\n");
+        w("memory.events", "low 0\nhigh 2\nmax 0\noom 0\noom_kill 0\n");
+        w(
+            "memory.pressure",
+            "some avg10=0 avg60=0 avg300=0 total=100\nfull avg10=0 avg60=0 avg300=0 total=0\n",
+        );
+        let mut files = MemoryFiles::open(dir.path()).unwrap();
+        let mut buf = Vec::new();
+        let t0 = Instant::now();
+        let a = files.sample(&mut buf, t0).unwrap();
+        assert_eq!((a.current, a.high), (1_048_576, None));
+        w("memory.events", "low 0\nhigh 5\nmax 1\noom 0\noom_kill 0\n");
+        w(
+            "memory.pressure",
+            "some avg10=0 avg60=0 avg300=0 total=10100\nfull avg10=0 avg60=0 avg300=0 total=0\n",
+        );
+        w("memory.high", "2097152\n");
+        let b = files.sample(&mut buf, t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(b.high, Some(2_097_152));
+        let (elapsed, events, pressure) = memory_deltas(&a, &b).unwrap();
+        assert_eq!(elapsed, Duration::from_secs(1));
+        assert_eq!((events.high, events.max, events.oom_kill), (3, 1, 0));
+        assert!((pressure.unwrap() - 0.01).abs() < 1e-9);
+        assert_eq!(memory_deltas(&b, &a), None);
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct ProxyView {
     pub cpu_original_millis: Option<u64>,
     pub cpu_usage_millis: Option<f64>,
     pub cpu_throttled_ratio: Option<f64>,
+    pub memory_high_bytes: Option<u64>,
+    pub memory_usage_bytes: Option<u64>,
+    pub memory_pressure_ratio: Option<f64>,
     pub backoff: bool,
     pub last_action: Option<ActionView>,
 }

@@ -430,3 +430,96 @@ fn restore_on_exit_off_leaves_limits_and_journal() {
     assert_eq!(envoy.quota_millis(), Some(100));
     assert_eq!(Journal::load(&node.state).unwrap().len(), 1);
 }
+
+#[test]
+fn memory_high_is_placed_after_settling_journaled_and_restored() {
+    let mut node = Node::new();
+    let mut envoy = proxy(&mut node, 1, 1);
+    std::fs::write(
+        envoy.dir.join("memory.current"),
+        format!("{}\n", 100u64 << 20),
+    )
+    .unwrap();
+    std::fs::write(
+        envoy.dir.join("memory.stat"),
+        format!(
+            "anon {}\nfile {}\nkernel 0\nsock 0\nshmem 0\n",
+            80u64 << 20,
+            20u64 << 20
+        ),
+    )
+    .unwrap();
+    let p = Policy::from_yaml(
+        "interval: 1s\nmatch:\n  rescanInterval: 1s\ncpu:\n  scaleDownAfter: 3s\nmemory:\n  settleAfter: 5s\n",
+    )
+    .unwrap();
+    let mut h = Harness::new(&node, p, false);
+    run(&mut h, &mut [&mut envoy], 8, |_, _| 500);
+    let high = std::fs::read_to_string(envoy.dir.join("memory.high")).unwrap();
+    assert_eq!(
+        high.trim(),
+        (125u64 << 20).to_string(),
+        "peak 100Mi + 25% headroom"
+    );
+    let journal = Journal::load(&node.state).unwrap();
+    assert_eq!(
+        journal.get(&envoy.rel).unwrap().memory_high.as_deref(),
+        Some("max")
+    );
+    let m = h.metrics();
+    assert!(
+        m.contains("resource=\"memory\",direction=\"down\",reason=\"placement\""),
+        "{m}"
+    );
+    assert!(m.contains("sidecar_governor_memory_high_bytes{"), "{m}");
+    h.agent.shutdown();
+    let high = std::fs::read_to_string(envoy.dir.join("memory.high")).unwrap();
+    assert_eq!(high.trim(), "max");
+    assert!(
+        h.metrics()
+            .contains("resource=\"memory\",direction=\"restore\"")
+    );
+}
+
+#[test]
+fn a_push_storm_is_absorbed_not_scaled() {
+    let mut node = Node::new();
+    let mut proxies: Vec<Container> = (0..6).map(|n| proxy(&mut node, n, n)).collect();
+    let mut h = Harness::new(&node, policy(), false);
+    {
+        let mut refs: Vec<&mut Container> = proxies.iter_mut().collect();
+        run(&mut h, &mut refs, 40, |_, _| 1);
+    }
+    assert!(proxies.iter().all(|c| c.quota_millis() == Some(100)));
+    // Every proxy spikes at once (a config push) for two seconds.
+    {
+        let mut refs: Vec<&mut Container> = proxies.iter_mut().collect();
+        run(&mut h, &mut refs, 2, |_, _| 1000);
+    }
+    assert!(h.metrics().contains("sidecar_governor_push_storms_total 1"));
+    let grown = proxies
+        .iter()
+        .filter(|c| c.quota_millis() != Some(100))
+        .count();
+    assert_eq!(grown, 0, "no proxy scaled up for a push spike");
+    // Still hot after the grace period: now they grow.
+    {
+        let mut refs: Vec<&mut Container> = proxies.iter_mut().collect();
+        run(&mut h, &mut refs, 12, |_, _| 1000);
+    }
+    assert!(proxies.iter().all(|c| c.quota_millis().unwrap() >= 1000));
+}
+
+#[test]
+fn envoy_concurrency_sets_the_floor() {
+    let mut node = Node::new();
+    let mut c = node.container(1, 1, TWO_CORES);
+    node.process(
+        &mut c,
+        "envoy",
+        &["envoy", "-c", "envoy.json", "--concurrency", "4"],
+    );
+    let mut h = Harness::new(&node, policy(), false);
+    run(&mut h, &mut [&mut c], 60, |_, _| 1);
+    assert_eq!(c.quota_millis(), Some(200), "4 workers x 50m");
+}

@@ -553,6 +553,9 @@ async fn status_reads_the_real_debug_endpoint() {
         cpu_original_millis: Some(2000),
         cpu_usage_millis: Some(42.4),
         cpu_throttled_ratio: Some(0.125),
+        memory_high_bytes: Some(96 << 20),
+        memory_usage_bytes: Some(64 << 20),
+        memory_pressure_ratio: Some(0.0),
         backoff: false,
         last_action: Some(sidecar_governor::server::ActionView {
             resource: "cpu",

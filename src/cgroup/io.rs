@@ -37,6 +37,14 @@ pub enum CgroupError {
         wrote: String,
         read: String,
     },
+    #[error(
+        "write {value:?} to {path}: no answer within {after:?} (the kernel is still reclaiming; left alone)"
+    )]
+    Timeout {
+        path: PathBuf,
+        value: String,
+        after: std::time::Duration,
+    },
 }
 
 fn io_source(err: &CgroupError) -> Option<&io::Error> {
@@ -74,6 +82,7 @@ impl CgroupError {
             (CgroupError::Parse { .. }, _) => "parse",
             (CgroupError::Invalid { .. }, _) => "invalid_value",
             (CgroupError::Verify { .. }, _) => "verify",
+            (CgroupError::Timeout { .. }, _) => "write_timeout",
         }
     }
 }
@@ -189,6 +198,22 @@ pub fn read_value<T>(
         });
     }
     parse(&text).map_err(|source| CgroupError::Parse { path, source })
+}
+
+/// Writes `value` to `dir/name` in a single `write(2)` without reading it back (for
+/// write-only files such as `memory.reclaim`).
+pub fn write_once(dir: &Path, name: &str, value: &str) -> Result<(), CgroupError> {
+    let path = dir.join(name);
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .and_then(|mut file| file.write_all(value.as_bytes()))
+        .map_err(|source| CgroupError::Write {
+            path,
+            value: value.to_string(),
+            source,
+        })
 }
 
 /// Writes `value` to `dir/name` in a single `write(2)` (cgroup files take one value per

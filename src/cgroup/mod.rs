@@ -5,5 +5,5 @@
 pub mod io;
 pub mod parse;
 
-pub use io::{CgroupError, CgroupFile, read_value, write_verified};
+pub use io::{CgroupError, CgroupFile, read_value, write_once, write_verified};
 pub use parse::{CpuMax, CpuStat, MemoryEvents, MemoryStat, ParseError, Pressure};

@@ -44,6 +44,18 @@ impl CpuBounds {
             ceiling,
         }
     }
+
+    /// Narrows the bounds by Envoy's worker count `workers` (`--concurrency N`): the floor is
+    /// at least N workers' minimum, and quota above N+1 cores (the workers plus the main
+    /// thread) is useless headroom. Never above the ceiling already set.
+    pub fn with_concurrency(self, workers: Option<u32>, per_worker_millis: u64) -> CpuBounds {
+        let Some(n) = workers.filter(|n| *n > 0).map(u64::from) else {
+            return self;
+        };
+        let ceiling = self.ceiling.min(((n + 1) * 1000).max(self.floor));
+        let floor = self.floor.max(n * per_worker_millis).min(ceiling);
+        CpuBounds { floor, ceiling }
+    }
 }
 
 /// Per-proxy memory of the controller between ticks.
@@ -220,6 +232,57 @@ mod tests {
                 ceiling: 50
             }
         );
+    }
+
+    #[test]
+    fn concurrency_sets_floor_and_useful_ceiling() {
+        let b = CpuBounds::new(&policy(), Some(8000)).with_concurrency(Some(4), 50);
+        assert_eq!(
+            b,
+            CpuBounds {
+                floor: 200,
+                ceiling: 2000
+            }
+        );
+        let wide = CpuPolicy {
+            max_millis: 16_000,
+            ..policy()
+        };
+        let b = CpuBounds::new(&wide, Some(8000)).with_concurrency(Some(2), 50);
+        assert_eq!(
+            b,
+            CpuBounds {
+                floor: 100,
+                ceiling: 3000
+            }
+        );
+        // Never above the original limit.
+        let b = CpuBounds::new(&policy(), Some(150)).with_concurrency(Some(4), 50);
+        assert_eq!(
+            b,
+            CpuBounds {
+                floor: 150,
+                ceiling: 150
+            }
+        );
+        assert_eq!(
+            CpuBounds::new(&policy(), Some(2000)).with_concurrency(None, 50),
+            CpuBounds::new(&policy(), Some(2000))
+        );
+        // An idle proxy with 4 workers stops at 200m, not 100m.
+        let p = policy();
+        let mut state = CpuState::default();
+        let mut quota = 2000;
+        for _ in 0..120 {
+            if let Some(d) = decide_cpu(&mut state, &obs(quota, 1.0), b4(), &p) {
+                quota = d.quota_millis;
+            }
+        }
+        assert_eq!(quota, 200);
+    }
+
+    fn b4() -> CpuBounds {
+        CpuBounds::new(&policy(), Some(2000)).with_concurrency(Some(4), 50)
     }
 
     #[test]

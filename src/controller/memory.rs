@@ -43,9 +43,14 @@ pub struct MemoryBounds {
 }
 
 impl MemoryBounds {
-    /// Policy bounds narrowed by the container's `memory.max` (`None` = unlimited).
-    pub fn new(policy: &MemoryPolicy, limit: Option<u64>) -> MemoryBounds {
-        let ceiling = limit.map_or(policy.max_bytes, |l| l.min(policy.max_bytes));
+    /// Policy bounds narrowed by the container's `memory.max` and its original `memory.high`
+    /// (`None` = unlimited): the agent never raises memory.high above either.
+    pub fn new(policy: &MemoryPolicy, limit: Option<u64>, original: Option<u64>) -> MemoryBounds {
+        let ceiling = [Some(policy.max_bytes), limit, original]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(policy.max_bytes);
         MemoryBounds {
             floor: policy.min_bytes.min(ceiling),
             ceiling,
@@ -56,6 +61,8 @@ impl MemoryBounds {
 /// Per-proxy memory of the memory controller between ticks.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MemoryState {
+    /// The first placement has been made (or found unnecessary).
+    pub placed: bool,
     /// How long the proxy has been watched.
     pub watched_for: Duration,
     /// Highest `memory.current` seen.
@@ -99,7 +106,8 @@ pub fn wants_stat(
     p: &MemoryPolicy,
 ) -> bool {
     match high {
-        None => state.watched_for + elapsed >= p.settle_after,
+        _ if !state.placed => state.watched_for + elapsed >= p.settle_after,
+        None => false,
         Some(h) => {
             current as f64 >= h as f64 * (1.0 - p.headroom / 2.0)
                 || (state.quiet_for + elapsed >= p.scale_down_after
@@ -137,8 +145,8 @@ pub fn decide_memory(
     let pressure = obs.pressure_some.unwrap_or(0.0);
     let headroom = |bytes: u64| (bytes as f64 * (1.0 + p.headroom)) as u64;
 
-    let Some(high) = obs.high.filter(|h| *h < bounds.ceiling.saturating_add(1)) else {
-        // Not placed yet (`max`, or above the ceiling): watch, then place at peak + headroom.
+    if !state.placed {
+        // Watch, then place once at peak + headroom (not after hundreds of small steps).
         if pressure >= p.pressure_threshold || obs.events.max > 0 || obs.events.oom_kill > 0 {
             state.quiet_for = Duration::ZERO;
             return None;
@@ -150,13 +158,17 @@ pub fn decide_memory(
         let stat = obs.stat?;
         let floor = safe_floor(bounds, obs.current, &stat, p);
         let want = headroom(state.peak).max(floor).min(bounds.ceiling);
+        state.placed = true;
         state.since_probe = Duration::ZERO;
-        let reason = if obs.high.is_some() {
-            Reason::Policy
-        } else {
-            Reason::Placement
-        };
-        return set(want, Direction::Down, reason);
+        let now = obs.high.unwrap_or(u64::MAX);
+        return (want.saturating_add(worth(want)) <= now)
+            .then(|| set(want, Direction::Down, Reason::Placement))
+            .flatten();
+    }
+    let high = match obs.high {
+        Some(h) if h <= bounds.ceiling => h,
+        // Above the bounds (a policy change, or a write that never landed).
+        _ => return set(bounds.ceiling, Direction::Down, Reason::Policy),
     };
 
     // Immediate back-off: the kernel hit the limit (or worse).
@@ -265,15 +277,22 @@ mod tests {
     }
 
     fn bounds() -> MemoryBounds {
-        MemoryBounds::new(&policy(), Some(1024 * MI))
+        MemoryBounds::new(&policy(), Some(1024 * MI), None)
     }
 
     #[test]
     fn bounds_follow_the_container_limit() {
         let p = policy();
-        assert_eq!(MemoryBounds::new(&p, Some(1024 * MI)).ceiling, 1024 * MI);
-        assert_eq!(MemoryBounds::new(&p, None).ceiling, p.max_bytes);
-        assert_eq!(MemoryBounds::new(&p, Some(MI)).floor, MI);
+        assert_eq!(
+            MemoryBounds::new(&p, Some(1024 * MI), None).ceiling,
+            1024 * MI
+        );
+        assert_eq!(MemoryBounds::new(&p, None, None).ceiling, p.max_bytes);
+        assert_eq!(MemoryBounds::new(&p, Some(MI), None).floor, MI);
+        assert_eq!(
+            MemoryBounds::new(&p, None, Some(300 * MI)).ceiling,
+            300 * MI
+        );
     }
 
     #[test]
@@ -311,6 +330,7 @@ mod tests {
             peak: 10 * MI,
             ..Default::default()
         };
+        assert!(!s.placed);
         let d = decide_memory(
             &mut s,
             &obs(10 * MI, None, Some(stat(60 * MI, 0))),
@@ -329,6 +349,7 @@ mod tests {
         };
         let mut s = MemoryState {
             watched_for: p.settle_after,
+            placed: true,
             ..Default::default()
         };
         let mut high = 200 * MI;
@@ -358,6 +379,7 @@ mod tests {
         let p = policy();
         let mut s = MemoryState {
             watched_for: p.settle_after,
+            placed: true,
             ..Default::default()
         };
         let quiet = p.scale_down_after.as_secs() as usize;
@@ -371,7 +393,10 @@ mod tests {
     fn pressure_raises_in_proportion_up_to_doubling() {
         let p = policy();
         let at = |pressure: f64| {
-            let mut s = MemoryState::default();
+            let mut s = MemoryState {
+                placed: true,
+                ..Default::default()
+            };
             let o = MemoryObservation {
                 pressure_some: Some(pressure),
                 ..obs(100 * MI, Some(100 * MI), None)
@@ -403,6 +428,7 @@ mod tests {
             },
         ] {
             let mut s = MemoryState {
+                placed: true,
                 quiet_for: Duration::from_secs(999),
                 ..Default::default()
             };
@@ -426,6 +452,7 @@ mod tests {
         let p = policy();
         let mut s = MemoryState {
             watched_for: p.settle_after,
+            placed: true,
             ..Default::default()
         };
         let mut high = 125 * MI;
@@ -458,6 +485,7 @@ mod tests {
         };
         let mut s = MemoryState {
             watched_for: p.settle_after,
+            placed: true,
             quiet_for: p.scale_down_after,
             since_probe: p.probe_interval,
             ..Default::default()
@@ -488,6 +516,7 @@ mod tests {
         assert!(!wants_stat(&fresh, TICK, 10 * MI, None, &p));
         let settled = MemoryState {
             watched_for: p.settle_after,
+            placed: true,
             ..Default::default()
         };
         assert!(!wants_stat(&settled, TICK, 10 * MI, Some(200 * MI), &p));
