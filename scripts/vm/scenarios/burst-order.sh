@@ -23,6 +23,6 @@ sg_trace_stop
 sg_agent_stop TERM 10
 sg_expect "agent exit code on SIGTERM" "$SG_AGENT_RC" 0
 sg_check_restored "after SIGTERM"
-sg_log "agent errors logged: $(grep -c -i -e error -e EINVAL "$SG_RUN/agent.log" || true)"
+sg_expect "failed writes in the agent's log" "$(grep -c 'write failed' "$SG_RUN/agent.log" || true)" 0
 sg_check_untouched
 sg_done
