@@ -18,18 +18,18 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:9477";
 pub enum StatusError {
     #[error("endpoint {endpoint}: {reason}")]
     Endpoint { endpoint: String, reason: String },
-    #[error("connect to {addr}: {source}")]
+    #[error("connect to {addr}")]
     Connect {
         addr: String,
         source: std::io::Error,
     },
-    #[error("GET {url}: {source}")]
+    #[error("GET {url}")]
     Http { url: String, source: hyper::Error },
     #[error("GET {url}: timed out after {secs}s")]
     Timeout { url: String, secs: u64 },
     #[error("GET {url}: HTTP {status}")]
     Status { url: String, status: u16 },
-    #[error("GET {url}: invalid JSON: {source}")]
+    #[error("GET {url}: invalid JSON")]
     Json {
         url: String,
         source: serde_json::Error,
@@ -176,48 +176,20 @@ fn or_dash<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
     v.map_or_else(|| "-".to_string(), f)
 }
 
-fn fit(s: &str, width: usize) -> String {
-    if s.chars().count() <= width {
-        s.to_string()
-    } else {
-        let cut: String = s.chars().take(width.saturating_sub(1)).collect();
-        format!("{cut}~")
-    }
-}
-
 /// Renders the table (`now` in seconds since the epoch, for the age of the last action).
+/// Columns are as wide as their widest cell; the memory columns appear only when the agent
+/// reports memory for some proxy.
 pub fn render(status: &AgentStatus, now: u64) -> String {
     let memory = status
         .proxies
         .iter()
         .any(|p| p.memory_high_bytes.is_some() || p.memory_usage_bytes.is_some());
-    let mut out = String::new();
-    let mut line = |cols: Vec<String>| {
-        let mut row = format!(
-            "{:<20} {:<32} {:>7} {:>7} {:>9}",
-            cols[0], cols[1], cols[2], cols[3], cols[4]
-        );
-        if memory {
-            row.push_str(&format!(" {:>8} {:>8}", cols[5], cols[6]));
-        }
-        row.push_str(&format!("  {}", cols[7]));
-        out.push_str(row.trim_end());
-        out.push('\n');
-    };
-    line(
-        [
-            "NAMESPACE",
-            "POD",
-            "QUOTA",
-            "USAGE",
-            "THROTTLED",
-            "MEM-HIGH",
-            "MEM-USE",
-            "LAST ACTION",
-        ]
-        .map(String::from)
-        .to_vec(),
-    );
+    let mut header = vec!["NAMESPACE", "POD", "QUOTA", "USAGE", "THROTTLED"];
+    if memory {
+        header.extend(["MEM-HIGH", "MEM-USE"]);
+    }
+    header.push("LAST ACTION");
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for p in &status.proxies {
         let (namespace, pod) = if p.pod.is_empty() {
             ("-".to_string(), format!("uid:{}", p.pod_uid))
@@ -238,16 +210,32 @@ pub fn render(status: &AgentStatus, now: u64) -> String {
         if p.backoff {
             action.push_str(" [backing off]");
         }
-        line(vec![
-            fit(&namespace, 20),
-            fit(&pod, 32),
+        let mut row = vec![
+            namespace,
+            pod,
             or_dash(p.cpu_quota_millis, format_cpu_millis),
             or_dash(p.cpu_usage_millis, |u| format!("{}m", u.round())),
             or_dash(p.cpu_throttled_ratio, |r| format!("{:.1}%", r * 100.0)),
-            or_dash(p.memory_high_bytes, bytes_mi),
-            or_dash(p.memory_usage_bytes, bytes_mi),
-            action,
-        ]);
+        ];
+        if memory {
+            row.push(or_dash(p.memory_high_bytes, bytes_mi));
+            row.push(or_dash(p.memory_usage_bytes, bytes_mi));
+        }
+        row.push(action);
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("   ").trim_end());
+        out.push('\n');
     }
     if status.proxies.is_empty() {
         out.push_str("(no proxies governed)\n");

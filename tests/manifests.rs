@@ -12,8 +12,8 @@ use std::process::Command;
 use sidecar_governor::metrics::Metrics;
 use sidecar_governor::policy::{DEFAULT_POLICY_YAML, Policy};
 
-/// Metrics the dashboard already charts but the memory controller work has not added yet.
-/// Remove a name from here once src/metrics.rs exports it (the test fails as a reminder).
+/// Metrics the dashboard may chart before src/metrics.rs exports them (work in progress). Remove
+/// a name from here once it is exported (the test fails as a reminder).
 const PENDING: &[&str] = &[];
 
 fn read(rel: &str) -> String {
