@@ -74,6 +74,15 @@ root, out, fmt, name, version = sys.argv[1:]
 repo, _, tag = name.rpartition(":")
 if not repo or "/" in tag:
     repo, tag = name, "latest"
+# containerd names images fully: docker.io/library/NAME for a bare name (as the docker-archive
+# import does), so the OCI form gets the same name.
+first = repo.split("/")[0]
+if "/" not in repo:
+    image_name = f"docker.io/library/{repo}"
+elif "." in first or ":" in first or first == "localhost":
+    image_name = repo
+else:
+    image_name = f"docker.io/{repo}"
 
 def add(tar, arcname, data=None, path=None, mode=0o644, kind=tarfile.REGTYPE):
     info = tarfile.TarInfo(arcname)
@@ -163,7 +172,7 @@ with tarfile.open(out, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 "digest": f"sha256:{manifest_digest}", "size": len(manifest_bytes),
                 "platform": {"architecture": "amd64", "os": "linux"},
                 "annotations": {"org.opencontainers.image.ref.name": tag,
-                                "io.containerd.image.name": f"{repo}:{tag}"},
+                                "io.containerd.image.name": f"{image_name}:{tag}"},
             }],
         }
         add(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
