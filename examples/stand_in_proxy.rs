@@ -8,10 +8,12 @@
 //! ```text
 //! stand_in_proxy [--mode idle|spin] [--threads N] [--control FILE] [--concurrency N]
 //!                [--alloc-mib N] [--grow-to-mib M --grow-step-mib S]
-//!                [--page-cache-mib N] [--page-cache-dir DIR]
+//!                [--grow-when FILE] [--page-cache-mib N] [--page-cache-dir DIR]
 //! ```
 //!
 //! The control file is re-read every 200 ms; `idle`, `spin` or `spin N` switch the mode.
+//! With `--grow-when FILE` the memory growth waits until FILE exists; each step prints
+//! `stand-in: grown to N MiB at T s` (T counted from the start of the growth).
 
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -32,13 +34,14 @@ struct Options {
     alloc_mib: usize,
     grow_to_mib: usize,
     grow_step_mib: usize,
+    grow_when: Option<String>,
     page_cache_mib: usize,
     page_cache_dir: String,
 }
 
 const USAGE: &str = "usage: stand_in_proxy [--mode idle|spin] [--threads N] [--control FILE] \
-[--concurrency N] [--alloc-mib N] [--grow-to-mib M --grow-step-mib S] [--page-cache-mib N] \
-[--page-cache-dir DIR]";
+[--concurrency N] [--alloc-mib N] [--grow-to-mib M --grow-step-mib S] [--grow-when FILE] \
+[--page-cache-mib N] [--page-cache-dir DIR]";
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut mode = String::from("idle");
@@ -49,6 +52,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         alloc_mib: 0,
         grow_to_mib: 0,
         grow_step_mib: 0,
+        grow_when: None,
         page_cache_mib: 0,
         page_cache_dir: String::from("/tmp"),
     };
@@ -83,6 +87,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--alloc-mib" => opts.alloc_mib = number()?,
             "--grow-to-mib" => opts.grow_to_mib = number()?,
             "--grow-step-mib" => opts.grow_step_mib = number()?,
+            "--grow-when" => opts.grow_when = Some(value.clone()),
             "--page-cache-mib" => opts.page_cache_mib = number()?,
             "--page-cache-dir" => opts.page_cache_dir = value.clone(),
             _ => return Err(format!("unknown flag {name}\n{USAGE}")),
@@ -130,9 +135,10 @@ fn set_spinners(wanted: &AtomicUsize, spawned: &mut usize, n: usize, shared: &Ar
     }
 }
 
-/// Allocate `from` MiB, touch every page, grow by `step` MiB a second up to `to`, and keep
-/// touching the pages so they stay resident and recently used.
-fn hold_memory(from: usize, to: usize, step: usize) {
+/// Allocate `from` MiB, touch every page, grow by `step` MiB a second up to `to` (once
+/// `start_file` exists, when given), and keep touching the pages so they stay resident and
+/// recently used.
+fn hold_memory(from: usize, to: usize, step: usize, start_file: Option<String>) {
     let mut blocks: Vec<Vec<u8>> = Vec::new();
     let mut held = 0;
     let grow = |mib: usize, blocks: &mut Vec<Vec<u8>>| {
@@ -146,13 +152,24 @@ fn hold_memory(from: usize, to: usize, step: usize) {
     held += from;
     println!("stand-in: holding {held} MiB anonymous memory");
     let mut round: u8 = 1;
+    let mut growth_start: Option<Instant> = None;
     loop {
         thread::sleep(Duration::from_secs(1));
-        if held < to {
+        let may_grow = start_file
+            .as_deref()
+            .is_none_or(|f| std::path::Path::new(f).exists());
+        if held < to && may_grow {
+            let start = *growth_start.get_or_insert_with(|| {
+                println!("stand-in: growth starts");
+                Instant::now()
+            });
             let add = step.min(to - held);
             grow(add, &mut blocks);
             held += add;
-            println!("stand-in: grown to {held} MiB");
+            println!(
+                "stand-in: grown to {held} MiB at {:.1} s",
+                start.elapsed().as_secs_f64()
+            );
         }
         round = round.wrapping_add(1);
         for block in &mut blocks {
@@ -221,7 +238,8 @@ fn main() -> ExitCode {
             opts.grow_to_mib.max(opts.alloc_mib),
             opts.grow_step_mib,
         );
-        thread::spawn(move || hold_memory(from, to, step));
+        let start_file = opts.grow_when.clone();
+        thread::spawn(move || hold_memory(from, to, step, start_file));
     }
 
     let wanted = Arc::new(AtomicUsize::new(0));

@@ -13,6 +13,8 @@
 SG_REPO=${SG_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 SG_VM_CACHE=${SG_VM_CACHE:-$SG_REPO/.vm-cache}
 SG_VM_DIR=$SG_REPO/scripts/vm
+# shellcheck source=scripts/vm/mem-host.sh
+. "$SG_VM_DIR/mem-host.sh"
 
 sg_host_log() { printf '[vm] %s\n' "$*" >&2; }
 sg_host_die() {
@@ -116,6 +118,8 @@ sg_host_initramfs() {
 	done
 	cp "$SG_VM_DIR/init" "$root/init"
 	cp "$SG_VM_DIR/lib.sh" "$SG_VM_DIR/run.sh" "$root/sg/"
+	# mem-lib.sh and the loop/ext4 modules of the memory scenarios (scripts/vm/mem-host.sh)
+	sg_host_mem_extra "$root"
 	cp "$SG_VM_DIR"/scenarios/*.sh "$root/sg/scenarios/"
 	if [[ -n ${2:-} ]]; then cp "$2"/*.sh "$root/sg/scenarios/"; fi
 	chmod +x "$root/init" "$root"/sg/*.sh "$root"/sg/scenarios/*.sh
