@@ -20,7 +20,7 @@ fi
 sg_one_pod "mem-reclaim-$SHRINK"
 sg_spawn "$PROXY" proxy /bin/envoy --alloc-mib 24 --page-cache-mib 150 --page-cache-dir "$SG_DISK"
 PROXY_PID=$SG_PID
-SG_TRACE="P=$PROXY"
+export SG_TRACE="P=$PROXY"
 if ! sg_wait 90 sg_log_has "$SG_RUN/log/proxy.log" "page cache file"; then
 	sg_fail "the stand-in did not fill its page cache in 90 s: $(tail -n 3 "$SG_RUN/log/proxy.log" | tr '\n' ' ')"
 	sg_done
