@@ -46,6 +46,14 @@ done
 
 # Per-scenario limit inside the VM, and the whole boot's limit on the host.
 per_scenario=${SG_VM_SCENARIO_TIMEOUT:-240}
+# The `cri` scenario (a real containerd) boots on its own, from its own initramfs
+# (scripts/vm/cri-host.sh), with more memory and time.
+cri_timeout=${SG_VM_CRI_TIMEOUT:-480}
+cri_wanted=0
+others=()
+for s in "${scenarios[@]}"; do
+	if [[ $s == cri ]]; then cri_wanted=1; else others+=("$s"); fi
+done
 
 sg_host_require
 sg_host_kernel
@@ -53,17 +61,29 @@ sg_host_build
 initrd=$SG_VM_CACHE/initramfs-e2e.cpio.gz
 sg_host_initramfs "$initrd"
 sg_host_log "initramfs: $initrd ($(du -h "$initrd" | cut -f1))"
+if ((cri_wanted)); then
+	# shellcheck source=scripts/vm/cri-host.sh
+	. "$here/vm/cri-host.sh"
+	sg_cri_host_fetch
+	sg_cri_host_build
+	cri_initrd=$SG_VM_CACHE/initramfs-cri.cpio.gz
+	SG_VM_EXTRA=sg_cri_host_extra sg_host_initramfs "$cri_initrd"
+	sg_host_log "initramfs (cri): $cri_initrd ($(du -h "$cri_initrd" | cut -f1))"
+fi
 
 stamp=$(date +%Y%m%d-%H%M%S)
 logs=()
 boot() {
-	local list=$1 n=$2 log
+	local list=$1 n=$2 log rd=$initrd limit=$per_scenario mem=${SG_VM_MEM:-}
+	if [[ $list == cri ]]; then
+		rd=$cri_initrd limit=$cri_timeout mem=${SG_VM_MEM:-1536}
+	fi
 	log=$SG_VM_CACHE/logs/$stamp-${list//,/+}.log
 	if ((${#log} > 200)); then log=$SG_VM_CACHE/logs/$stamp-all.log; fi
 	logs+=("$log")
 	local rc=0
-	sg_host_boot "$initrd" "$log" $((90 + n * (per_scenario + 15))) \
-		"sg.scenarios=$list" "sg.timeout=$per_scenario" ${verbose:+sg.verbose=1} || rc=$?
+	SG_VM_MEM=$mem sg_host_boot "$rd" "$log" $((90 + n * (limit + 15))) \
+		"sg.scenarios=$list" "sg.timeout=$limit" ${verbose:+sg.verbose=1} || rc=$?
 	if ((rc != 0)); then sg_host_log "qemu exited with $rc (124: timed out)"; fi
 }
 
@@ -71,10 +91,13 @@ t0=$SECONDS
 if ((separate)); then
 	for s in "${scenarios[@]}"; do boot "$s" 1; done
 else
-	boot "$(
-		IFS=,
-		echo "${scenarios[*]}"
-	)" "${#scenarios[@]}"
+	if ((${#others[@]})); then
+		boot "$(
+			IFS=,
+			echo "${others[*]}"
+		)" "${#others[@]}"
+	fi
+	if ((cri_wanted)); then boot cri 1; fi
 fi
 elapsed=$((SECONDS - t0))
 

@@ -9,6 +9,7 @@
 #   SG_VM_AGENT    the agent binary to install (default target/release/sidecar-governor)
 #   SG_VM_MEM      guest memory in MiB (default 1024)
 #   SG_VM_SMP      guest CPUs (default 2)
+#   SG_VM_EXTRA    a function adding files to the initramfs root (given as $1)
 
 SG_REPO=${SG_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 SG_VM_CACHE=${SG_VM_CACHE:-$SG_REPO/.vm-cache}
@@ -126,6 +127,9 @@ sg_host_initramfs() {
 	printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
 	printf 'root:x:0:\n' >"$root/etc/group"
 	printf '127.0.0.1 localhost sg-vm\n' >"$root/etc/hosts"
+	# Extra content for one scenario (the cri scenario's runtime): SG_VM_EXTRA names a function
+	# that is given the root.
+	if [[ -n ${SG_VM_EXTRA:-} ]]; then "$SG_VM_EXTRA" "$root"; fi
 	mkdir -p "$(dirname "$out")"
 	(cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --quiet -o -H newc -0 -R 0:0) | gzip -1 >"$out"
 	rm -rf "$root"

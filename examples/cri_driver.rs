@@ -1,0 +1,360 @@
+//! A tiny stand-in for kubelet's CRI calls, used by the `cri` VM scenario
+//! (`scripts/vm/scenarios/cri.sh`) where no `crictl` exists (Debian bookworm has no cri-tools).
+//! It speaks to the runtime with the crate's own generated `runtime.v1` client and creates pods
+//! the way kubelet does with the cgroupfs driver: a host-network sandbox with
+//! `cgroup_parent = /kubepods/<qos>/pod<uid>`, kubelet's labels on sandbox and containers,
+//! containers with CPU limits as `cpu_quota`/`cpu_period`.
+//!
+//! ```text
+//! cri_driver [--endpoint SOCK] [--timeout SECS] wait [SECONDS]
+//! cri_driver ... pod-up --name N --namespace NS --uid UID [--qos burstable]
+//!                [--annotation K=V]... [--image IMG]
+//!                --container 'NAME|CPU_LIMIT_MILLIS|COMMAND ARGS...'... [--mount HOST:CONTAINER]...
+//!     prints "POD <sandbox id>" and, per container,
+//!     "CONTAINER <name> <id> <started_at_unix_ms> <uptime_ms_after_start>"
+//! cri_driver ... rm-container ID
+//! cri_driver ... pod-down SANDBOX_ID
+//! cri_driver ... ps
+//! ```
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use sidecar_governor::cri::client::{CriClient, CriTarget};
+use sidecar_governor::cri::proto::{
+    ContainerConfig, ContainerMetadata, ImageSpec, LinuxContainerConfig, LinuxContainerResources,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cri_driver",
+    about = "Create and remove pods through CRI, as kubelet would"
+)]
+struct Cli {
+    /// The runtime's CRI socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    endpoint: String,
+    /// Per-call timeout in seconds (sandbox and container creation are slow under TCG).
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Wait until the runtime answers `Version` (up to SECONDS).
+    Wait {
+        #[arg(default_value_t = 60)]
+        seconds: u64,
+    },
+    /// Run a pod sandbox and create and start its containers.
+    PodUp {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        uid: String,
+        #[arg(long, default_value = "burstable")]
+        qos: String,
+        /// Pod annotation KEY=VALUE (repeatable).
+        #[arg(long = "annotation")]
+        annotations: Vec<String>,
+        #[arg(long, default_value = "registry.local/sg-test:1")]
+        image: String,
+        /// 'NAME|CPU_LIMIT_MILLIS|COMMAND ARGS...' (repeatable, in start order).
+        #[arg(long = "container", required = true)]
+        containers: Vec<String>,
+        /// HOST:CONTAINER bind mount for every container (repeatable).
+        #[arg(long = "mount")]
+        mounts: Vec<String>,
+    },
+    /// Stop (at once) and remove one container.
+    RmContainer { id: String },
+    /// Stop and remove every container of a sandbox, then the sandbox.
+    PodDown { sandbox_id: String },
+    /// List running containers.
+    Ps,
+}
+
+fn kubelet_labels(namespace: &str, pod: &str, uid: &str) -> HashMap<String, String> {
+    [
+        ("io.kubernetes.pod.namespace", namespace),
+        ("io.kubernetes.pod.name", pod),
+        ("io.kubernetes.pod.uid", uid),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn namespaces() -> Option<NamespaceOption> {
+    Some(NamespaceOption {
+        network: NamespaceMode::Node as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        target_id: String::new(),
+    })
+}
+
+fn uptime_ms() -> u64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0, |s| (s * 1000.0) as u64)
+}
+
+struct ContainerSpec {
+    name: String,
+    cpu_limit_millis: i64,
+    command: Vec<String>,
+}
+
+fn parse_container(spec: &str) -> anyhow::Result<ContainerSpec> {
+    let mut parts = spec.splitn(3, '|');
+    let (Some(name), Some(cpu), Some(command)) = (parts.next(), parts.next(), parts.next()) else {
+        bail!("--container {spec:?}: want 'NAME|CPU_LIMIT_MILLIS|COMMAND ARGS...'");
+    };
+    Ok(ContainerSpec {
+        name: name.to_string(),
+        cpu_limit_millis: cpu
+            .parse()
+            .with_context(|| format!("--container {spec:?}: CPU limit"))?,
+        command: command.split_whitespace().map(str::to_string).collect(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pod_up(
+    client: &CriClient,
+    name: &str,
+    namespace: &str,
+    uid: &str,
+    qos: &str,
+    annotations: &[String],
+    image: &str,
+    containers: &[String],
+    mounts: &[String],
+) -> anyhow::Result<()> {
+    let specs = containers
+        .iter()
+        .map(|c| parse_container(c))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut annotation_map = HashMap::new();
+    for a in annotations {
+        let (k, v) = a
+            .split_once('=')
+            .with_context(|| format!("--annotation {a:?}: want KEY=VALUE"))?;
+        annotation_map.insert(k.to_string(), v.to_string());
+    }
+    let mounts = mounts
+        .iter()
+        .map(|m| {
+            let (host, container) = m
+                .split_once(':')
+                .with_context(|| format!("--mount {m:?}: want HOST:CONTAINER"))?;
+            Ok(Mount {
+                host_path: host.to_string(),
+                container_path: container.to_string(),
+                ..Default::default()
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let log_directory = format!("/var/log/pods/{namespace}_{name}_{uid}");
+    std::fs::create_dir_all(&log_directory).with_context(|| format!("mkdir {log_directory}"))?;
+    let cgroup_parent = if qos == "guaranteed" {
+        format!("/kubepods/pod{uid}")
+    } else {
+        format!("/kubepods/{qos}/pod{uid}")
+    };
+    let sandbox_config = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.to_string(),
+            uid: uid.to_string(),
+            namespace: namespace.to_string(),
+            attempt: 0,
+        }),
+        hostname: String::new(),
+        log_directory: log_directory.clone(),
+        dns_config: None,
+        labels: kubelet_labels(namespace, name, uid),
+        annotations: annotation_map,
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent,
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: namespaces(),
+                ..Default::default()
+            }),
+            sysctls: HashMap::new(),
+        }),
+    };
+    let t0 = Instant::now();
+    let sandbox_id = client
+        .run_pod_sandbox(sandbox_config.clone())
+        .await
+        .context("RunPodSandbox")?;
+    println!("POD {sandbox_id}");
+    eprintln!("cri_driver: sandbox {name} ready in {:?}", t0.elapsed());
+    for spec in specs {
+        let mut labels = kubelet_labels(namespace, name, uid);
+        labels.insert("io.kubernetes.container.name".into(), spec.name.clone());
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: spec.name.clone(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: image.to_string(),
+                annotations: HashMap::new(),
+            }),
+            command: spec.command.clone(),
+            labels,
+            log_path: format!("{}/0.log", spec.name),
+            mounts: mounts.clone(),
+            linux: Some(LinuxContainerConfig {
+                resources: Some(LinuxContainerResources {
+                    cpu_period: if spec.cpu_limit_millis > 0 {
+                        100_000
+                    } else {
+                        0
+                    },
+                    cpu_quota: spec.cpu_limit_millis * 100,
+                    cpu_shares: 102,
+                    ..Default::default()
+                }),
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: namespaces(),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        let id = client
+            .create_container(&sandbox_id, config, sandbox_config.clone())
+            .await
+            .with_context(|| format!("CreateContainer {}", spec.name))?;
+        client
+            .start_container(&id)
+            .await
+            .with_context(|| format!("StartContainer {}", spec.name))?;
+        let after = uptime_ms();
+        let started = client
+            .container_status(&id, false)
+            .await
+            .ok()
+            .and_then(|s| s.status)
+            .map_or(0, |s| s.started_at / 1_000_000);
+        println!("CONTAINER {} {id} {started} {after}", spec.name);
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let path = cli
+        .endpoint
+        .strip_prefix("unix://")
+        .unwrap_or(&cli.endpoint)
+        .to_string();
+    let client = CriClient::new(
+        CriTarget::Socket(path.into()),
+        Duration::from_secs(cli.timeout),
+    );
+    match cli.command {
+        Cmd::Wait { seconds } => {
+            let quick = client.with_timeout(Duration::from_secs(2));
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            loop {
+                match quick.version().await {
+                    Ok(v) => {
+                        println!(
+                            "{} {} (CRI {})",
+                            v.runtime_name, v.runtime_version, v.runtime_api_version
+                        );
+                        return Ok(());
+                    }
+                    Err(e) if Instant::now() >= deadline => return Err(e.into()),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+        }
+        Cmd::PodUp {
+            name,
+            namespace,
+            uid,
+            qos,
+            annotations,
+            image,
+            containers,
+            mounts,
+        } => {
+            pod_up(
+                &client,
+                &name,
+                &namespace,
+                &uid,
+                &qos,
+                &annotations,
+                &image,
+                &containers,
+                &mounts,
+            )
+            .await
+        }
+        Cmd::RmContainer { id } => {
+            client.stop_container(&id, 0).await?;
+            client.remove_container(&id).await?;
+            Ok(())
+        }
+        Cmd::PodDown { sandbox_id } => {
+            let all = client.list_containers(None).await?;
+            for c in all.iter().filter(|c| c.pod_sandbox_id == sandbox_id) {
+                client.stop_container(&c.id, 0).await?;
+                client.remove_container(&c.id).await?;
+            }
+            client.stop_pod_sandbox(&sandbox_id).await?;
+            client.remove_pod_sandbox(&sandbox_id).await?;
+            Ok(())
+        }
+        Cmd::Ps => {
+            for c in client.list_running_containers().await? {
+                let label = |k: &str| c.labels.get(k).cloned().unwrap_or_default();
+                println!(
+                    "{} {} {}/{} sandbox={}",
+                    &c.id[..c.id.len().min(13)],
+                    label("io.kubernetes.container.name"),
+                    label("io.kubernetes.pod.namespace"),
+                    label("io.kubernetes.pod.name"),
+                    &c.pod_sandbox_id[..c.pod_sandbox_id.len().min(13)]
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cri_driver: start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cri_driver: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

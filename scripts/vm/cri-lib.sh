@@ -1,0 +1,86 @@
+# shellcheck shell=dash
+# VM side of the `cri` scenario: start Debian's containerd (CRI plugin, runc, cgroupfs driver,
+# native snapshotter) inside the VM, import the locally built images, and create pods through
+# CRI the way kubelet does, with the stand-in kubelet /usr/local/bin/cri_driver. Sourced after
+# /sg/lib.sh. The files come from scripts/vm/cri-host.sh (sg_cri_host_extra).
+# shellcheck disable=SC2034 # variables set here are read by the scenario
+
+SG_CRI_SOCK=/run/containerd/containerd.sock
+SG_CRI_DIR=$SG_RUN/cri
+
+sg_cri() { cri_driver --endpoint "$SG_CRI_SOCK" "$@"; }
+
+# Start containerd (again) and wait for CRI. Sets SG_CONTAINERD_PID.
+sg_cri_daemon() {
+	mkdir -p /var/lib/containerd /run/containerd /var/log/pods /opt/cni/bin /etc/cni/net.d "$SG_CRI_DIR"
+	[ -e /etc/resolv.conf ] || echo 'nameserver 127.0.0.1' >/etc/resolv.conf
+	_t0=$(sg_now_ms)
+	containerd --config /sg/cri/containerd.toml >>"$SG_RUN/log/containerd.log" 2>&1 &
+	SG_CONTAINERD_PID=$!
+	if ! _v=$(sg_cri wait 90 2>&1); then
+		sg_fail "containerd's CRI did not answer within 90 s: $_v"
+		tail -n 30 "$SG_RUN/log/containerd.log" | sed 's/^/  containerd| /'
+		return 1
+	fi
+	sg_log "CRI answers: $_v ($(($(sg_now_ms) - _t0)) ms after starting containerd)"
+}
+
+# Start containerd, wait for CRI, import the images. Sets SG_CONTAINERD_PID.
+sg_cri_start() {
+	sg_cri_daemon || return 1
+	_t0=$(sg_now_ms)
+	if ! ctr -n k8s.io images import --snapshotter native /sg/cri/images.tar >"$SG_CRI_DIR/import.log" 2>&1; then
+		sg_fail "ctr images import failed: $(tail -n 3 "$SG_CRI_DIR/import.log" | tr '\n' ' ')"
+		return 1
+	fi
+	sg_log "images imported in $(($(sg_now_ms) - _t0)) ms: $(ctr -n k8s.io images ls -q | tr '\n' ' ')"
+}
+
+# Stop containerd (SIGTERM, wait). Shims and containers keep running, as on a real node.
+sg_cri_stop() {
+	kill -TERM "$SG_CONTAINERD_PID" 2>/dev/null || true
+	_i=0
+	while kill -0 "$SG_CONTAINERD_PID" 2>/dev/null && [ $_i -lt 100 ]; do
+		usleep 100000
+		_i=$((_i + 1))
+	done
+	kill -0 "$SG_CONTAINERD_PID" 2>/dev/null && kill -9 "$SG_CONTAINERD_PID"
+	return 0
+}
+
+# At the end: containerd's shims (in the root cgroup) by PID, so teardown finds a quiet node.
+sg_cri_cleanup() {
+	sg_cri_stop
+	for _c in /proc/[0-9]*/comm; do
+		[ "$(cat "$_c" 2>/dev/null)" = containerd-shim ] || continue
+		_p=${_c#/proc/}
+		kill -9 "${_p%/comm}" 2>/dev/null || true
+	done
+}
+
+# sg_cri_pod NAMESPACE NAME UID CPU_LIMIT_SUM_M [DRIVER ARGS...]: the pod cgroup as kubelet makes
+# it (cgroupfs driver, burstable: kubepods/burstable/pod<uid>, cpu.max the containers' sum),
+# then the sandbox and containers through CRI (--container 'NAME|MILLIS|CMD', --annotation K=V,
+# --mount HOST:CONTAINER). The driver's output lands in $SG_CRI_DIR/NAME.out; sets SG_POD_DIR.
+sg_cri_pod() {
+	_ns=$1 _name=$2 _uid=$3 _sum=$4
+	shift 4
+	SG_POD_DIR=$(sg_pod cgroupfs burstable "$_uid")
+	sg_pod_limits "$SG_POD_DIR" "$_sum" 200 0
+	_t0=$(sg_now_ms)
+	if ! sg_cri pod-up --name "$_name" --namespace "$_ns" --uid "$_uid" "$@" \
+		>"$SG_CRI_DIR/$_name.out" 2>"$SG_CRI_DIR/$_name.err"; then
+		sg_fail "pod $_ns/$_name not started: $(tail -n 3 "$SG_CRI_DIR/$_name.err" | tr '\n' ' ')"
+		return 1
+	fi
+	sg_log "pod $_ns/$_name up in $(($(sg_now_ms) - _t0)) ms: $(awk '$1 == "CONTAINER" { printf "%s=%.12s ", $2, $3 }' "$SG_CRI_DIR/$_name.out")"
+}
+
+# sg_cri_sandbox POD: the pod's sandbox ID.
+sg_cri_sandbox() { awk '$1 == "POD" { print $2 }' "$SG_CRI_DIR/$1.out"; }
+# sg_cri_cid POD CONTAINER: the container's ID.
+sg_cri_cid() { awk -v c="$2" '$1 == "CONTAINER" && $2 == c { print $3 }' "$SG_CRI_DIR/$1.out"; }
+# sg_cri_started POD CONTAINER: uptime in ms right after StartContainer returned.
+sg_cri_started() { awk -v c="$2" '$1 == "CONTAINER" && $2 == c { print $5 }' "$SG_CRI_DIR/$1.out"; }
+# sg_cri_cg UID CID: the container's cgroup dir (cgroupfs driver, burstable).
+sg_cri_cg() { echo "$CG/kubepods/burstable/pod$1/$2"; }
