@@ -5,7 +5,8 @@
 //!
 //! Data flow (design notes §2): [`policy`] → [`discovery`] → [`sampler`] →
 //! [`controller`] (pure) → [`actuator`] + [`journal`] → [`metrics`] / [`server`], driven by
-//! the loop in [`agent`].
+//! the loop in [`agent`]. [`simulate`] replays recorded or synthetic usage traces offline
+//! through the same controller and a model of the kernel.
 
 pub mod actuator;
 pub mod agent;
@@ -21,4 +22,5 @@ pub mod quantity;
 pub mod reload;
 pub mod sampler;
 pub mod server;
+pub mod simulate;
 pub mod status;

@@ -1,6 +1,7 @@
 //! The `sidecar-governor` binary: command-line parsing (every flag also an environment
 //! variable), logging set-up, and the wiring of the library's parts into `run`, `discover`,
-//! `check-config` and `restore`. Errors are reported here, at the edge, with `anyhow`.
+//! `check-config`, `simulate` and `restore`. Errors are reported here, at the edge, with
+//! `anyhow`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -94,6 +95,14 @@ fn parse_duration_arg(text: &str) -> Result<Duration, String> {
     sidecar_governor::quantity::parse_duration(text).map_err(|e| e.to_string())
 }
 
+fn parse_cpu_arg(text: &str) -> Result<u64, String> {
+    sidecar_governor::quantity::parse_cpu_millis(text).map_err(|e| e.to_string())
+}
+
+fn parse_bytes_arg(text: &str) -> Result<u64, String> {
+    sidecar_governor::quantity::parse_bytes(text).map_err(|e| e.to_string())
+}
+
 /// While CRI does not answer, it is probed this often.
 const CRI_PROBE_EVERY: Duration = Duration::from_secs(5);
 
@@ -173,6 +182,30 @@ enum Cmd {
         /// The policy file.
         file: PathBuf,
     },
+    /// Replay usage traces offline through the controller and a model of the kernel: what a
+    /// policy would reserve, throttle and stall, per proxy and in total.
+    Simulate {
+        /// Policy file (YAML). Without it the built-in defaults apply.
+        #[arg(long, env = "SG_CONFIG")]
+        config: Option<PathBuf>,
+        /// The trace: CSV with `time,proxy,cpu_millicores,memory_bytes` (see the README).
+        #[arg(long)]
+        trace: PathBuf,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// Original CPU limit of proxies whose trace rows give none (`2`, `500m`).
+        #[arg(long, default_value = "2", value_parser = parse_cpu_arg)]
+        cpu_limit: u64,
+        /// Original memory limit of proxies whose trace rows give none (`1Gi`, `512Mi`).
+        #[arg(long, default_value = "1Gi", value_parser = parse_bytes_arg)]
+        memory_limit: u64,
+        /// Chart this proxy's demand against its limits over time (with --chart-out).
+        #[arg(long, requires = "chart_out")]
+        chart: Option<String>,
+        /// Where the chart goes (SVG).
+        #[arg(long, requires = "chart")]
+        chart_out: Option<PathBuf>,
+    },
     /// Put back every original limit in the journal (after a crash, before uninstalling).
     Restore {
         #[arg(long, env = "SG_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
@@ -241,6 +274,22 @@ fn main() -> ExitCode {
             cri,
         } => discover(&roots, config.as_deref(), output, discovery, &cri),
         Cmd::CheckConfig { file } => return check_config(&file),
+        Cmd::Simulate {
+            config,
+            trace,
+            output,
+            cpu_limit,
+            memory_limit,
+            chart,
+            chart_out,
+        } => simulate(SimulateArgs {
+            config,
+            trace,
+            output,
+            cpu_limit,
+            memory_limit,
+            chart: chart.zip(chart_out),
+        }),
         Cmd::Restore {
             cgroup_root,
             state_dir,
@@ -595,6 +644,48 @@ fn status(endpoint: &str, json: bool) -> anyhow::Result<()> {
         "{}",
         sidecar_governor::status::render(&status, sidecar_governor::server::now_unix())
     );
+    Ok(())
+}
+
+struct SimulateArgs {
+    config: Option<PathBuf>,
+    trace: PathBuf,
+    output: Output,
+    cpu_limit: u64,
+    memory_limit: u64,
+    /// The proxy to chart and the SVG file.
+    chart: Option<(String, PathBuf)>,
+}
+
+fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    use sidecar_governor::simulate;
+    let name = |path: &Path| {
+        path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    };
+    let policy = load_policy(args.config.as_deref())?;
+    let trace = simulate::trace::load(&args.trace)?;
+    let options = simulate::Options {
+        cpu_limit_millis: args.cpu_limit,
+        memory_limit_bytes: args.memory_limit,
+        chart: args.chart.as_ref().map(|(proxy, _)| proxy.clone()),
+        policy_name: args
+            .config
+            .as_deref()
+            .map_or_else(|| "default".into(), name),
+        trace_name: name(&args.trace),
+    };
+    let outcome = simulate::simulate(&policy, &trace, &options)?;
+    if let (Some(series), Some((_, out))) = (&outcome.series, &args.chart) {
+        let svg = simulate::render_svg(series)?;
+        std::fs::write(out, svg).with_context(|| format!("write chart {}", out.display()))?;
+    }
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&outcome.report)?),
+        Output::Table => print!("{}", outcome.report.render_table()),
+    }
     Ok(())
 }
 
