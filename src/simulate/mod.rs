@@ -11,8 +11,11 @@
 //! the previous tick with the limits in force, reads the model's counters into the same
 //! samples the agent reads from cgroup files, builds observations from two consecutive samples
 //! as the agent does (the first tick only primes them), asks the controller, and writes its
-//! decision back into the model. Envoy's `--concurrency` narrows the CPU bounds as in the agent
-//! when the trace gives it. Left out: what a trace cannot show (discovery, conflicts with other
+//! decision back into the model. As in the agent, a proxy's CPU bounds are the policy's after
+//! its namespace's `overrides` (a proxy named `namespace/pod` is in `namespace`), narrowed by
+//! Envoy's `--concurrency` when the trace gives it; a namespace in mode `off` is left at its
+//! originals. `dryRun` and mode `dry-run` are simulated as `on`: the simulation shows what the
+//! agent would write. Left out: what a trace cannot show (discovery, conflicts with other
 //! writers, write timeouts), push-storm absorption across proxies (the agent's detector is
 //! private to its loop), and `cpu.max.burst` (it matters within a 100 ms period, far below a
 //! tick).
@@ -28,7 +31,7 @@ use crate::controller::{
     CpuBounds, CpuState, MemoryAction, MemoryBounds, MemoryObservation, MemoryState, decide_cpu,
     decide_memory, wants_stat,
 };
-use crate::policy::Policy;
+use crate::policy::{CpuPolicy, Mode, PodControl, Policy};
 use crate::sampler::{MemoryRaw, RawSample, cpu_observation, memory_deltas};
 
 use chart::{Series, SeriesPoint};
@@ -95,6 +98,10 @@ struct Runner<'a> {
     /// The model has run up to here.
     at_us: u64,
     model: CgroupModel,
+    /// Governed at all (its namespace's mode is not `off`).
+    governed: bool,
+    /// The policy's CPU tuning after the namespace's overrides.
+    cpu_policy: CpuPolicy,
     cpu_bounds: CpuBounds,
     memory_bounds: MemoryBounds,
     cpu_state: CpuState,
@@ -112,21 +119,30 @@ impl<'a> Runner<'a> {
             .memory_limit_bytes
             .unwrap_or(options.memory_limit_bytes);
         let model = CgroupModel::new(cpu_limit, memory_limit);
+        let namespace = trace.name.split_once('/').map_or("", |(ns, _)| ns);
+        let effective = policy.effective(namespace, &PodControl::default());
         Runner {
             trace,
             cursor: 0,
             at_us: trace.start_us(),
             // As the agent: the original is what cpu.max held at discovery, narrowed by Envoy's
             // worker count; memory.high starts at `max` under the container's memory.max.
-            cpu_bounds: CpuBounds::new(&policy.cpu, model.cpu_max().millis())
-                .with_concurrency(trace.concurrency, policy.cpu.per_worker_min_millis),
+            cpu_bounds: CpuBounds::new(&effective.cpu, model.cpu_max().millis())
+                .with_concurrency(trace.concurrency, effective.cpu.per_worker_min_millis),
+            governed: effective.mode != Mode::Off,
+            cpu_policy: effective.cpu,
             memory_bounds: MemoryBounds::new(&policy.memory, Some(model.memory_max()), None),
             model,
             cpu_state: CpuState::default(),
             memory_state: MemoryState::default(),
             prev_cpu: None,
             prev_memory: None,
-            report: ProxyReport::new(&trace.name, cpu_limit, memory_limit),
+            report: ProxyReport::new(
+                &trace.name,
+                cpu_limit,
+                memory_limit,
+                effective.mode != Mode::Off,
+            ),
             series: chart.then(Vec::new),
         }
     }
@@ -185,6 +201,9 @@ impl<'a> Runner<'a> {
     /// previous sample, decide, write.
     fn tick(&mut self, at: Instant, policy: &Policy) {
         self.model.end_tick();
+        if !self.governed {
+            return;
+        }
 
         // CPU.
         let sample = RawSample {
@@ -200,7 +219,8 @@ impl<'a> Runner<'a> {
             .and_then(|prev| cpu_observation(prev, &sample, in_force));
         self.prev_cpu = Some(sample);
         if let Some(obs) = obs
-            && let Some(d) = decide_cpu(&mut self.cpu_state, &obs, self.cpu_bounds, &policy.cpu)
+            && let Some(d) =
+                decide_cpu(&mut self.cpu_state, &obs, self.cpu_bounds, &self.cpu_policy)
         {
             let now_max = self.model.set_cpu_millis(d.quota_millis);
             self.prev_cpu = Some(RawSample {

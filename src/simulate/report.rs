@@ -90,6 +90,8 @@ pub struct MemoryFigures {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProxyReport {
     pub proxy: String,
+    /// False when its namespace's mode is `off`: left at its originals.
+    pub governed: bool,
     /// From its first row to the end of the trace.
     pub seconds: f64,
     /// Intervals between samples (each tick closes one).
@@ -104,9 +106,15 @@ pub struct ProxyReport {
 }
 
 impl ProxyReport {
-    pub fn new(proxy: &str, cpu_limit_millis: u64, memory_limit_bytes: u64) -> ProxyReport {
+    pub fn new(
+        proxy: &str,
+        cpu_limit_millis: u64,
+        memory_limit_bytes: u64,
+        governed: bool,
+    ) -> ProxyReport {
         ProxyReport {
             proxy: proxy.to_string(),
+            governed,
             seconds: 0.0,
             ticks: 0,
             cpu_limit_millis,
@@ -310,7 +318,12 @@ impl Report {
             );
         };
         for p in &self.proxies {
-            row(&mut out, &p.proxy, p.ticks, &p.cpu, &p.memory);
+            let name = if p.governed {
+                p.proxy.clone()
+            } else {
+                format!("{} (off)", p.proxy)
+            };
+            row(&mut out, &name, p.ticks, &p.cpu, &p.memory);
         }
         let t = &self.total;
         row(&mut out, "TOTAL", t.ticks, &t.cpu, &t.memory);
@@ -342,14 +355,14 @@ mod tests {
 
     #[test]
     fn savings_and_shares_add_up_over_proxies() {
-        let mut a = ProxyReport::new("a", 2000, 1 << 30);
+        let mut a = ProxyReport::new("a", 2000, 1 << 30, true);
         // 10 s at 500m of 2000m and 256 MiB of 1 GiB.
         a.add(&exposure(10.0, 500, 256 << 20), 100.0);
         for t in 0..10 {
             a.close_tick(t == 0, false);
         }
         a.cpu.actions.record(Direction::Down, Reason::Idle);
-        let mut b = ProxyReport::new("b", 1000, 1 << 30);
+        let mut b = ProxyReport::new("b", 1000, 1 << 30, true);
         b.add(&exposure(10.0, 1000, 1 << 30), 100.0);
         for _ in 0..10 {
             b.close_tick(false, false);
@@ -399,7 +412,7 @@ mod tests {
             interval_seconds: 1.0,
             duration_seconds: 0.0,
             memory_governed: true,
-            proxies: vec![ProxyReport::new("a", 100, 100)],
+            proxies: vec![ProxyReport::new("a", 100, 100, true)],
             total: Totals::default(),
         };
         r.finish();

@@ -141,6 +141,29 @@ fn envoy_concurrency_sets_the_cpu_floor_as_in_the_agent() {
 }
 
 #[test]
+fn namespace_overrides_apply_as_in_the_agent() {
+    let p = Policy::from_yaml(
+        "overrides:\n\
+         - {namespace: payments, mode: \"off\"}\n\
+         - {namespace: shop, cpu: {min: 300m}}\n",
+    )
+    .unwrap();
+    let mut text = String::from("time,proxy,cpu_millicores,memory_bytes\n");
+    for name in ["payments/a", "shop/b", "c"] {
+        text.push_str(&format!("0,{name},2,10485760\n300,{name},2,10485760\n"));
+    }
+    let r = run(&text, &p);
+    let (off, shop, plain) = (&r.proxies[0], &r.proxies[1], &r.proxies[2]);
+    assert!(!off.governed);
+    assert_eq!(off.cpu.saving_percent, 0.0);
+    assert_eq!(off.memory.saving_percent, 0.0);
+    assert_eq!(off.cpu.actions.up + off.cpu.actions.down, 0);
+    assert_eq!(shop.final_cpu_millis, Some(300));
+    assert_eq!(plain.final_cpu_millis, Some(100));
+    assert!(r.render_table().contains("payments/a (off)"));
+}
+
+#[test]
 fn memory_not_governed_reserves_the_original() {
     let mut p = policy();
     p.memory.enabled = false;

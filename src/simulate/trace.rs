@@ -18,8 +18,8 @@
 //!   unknown or repeated column is an error.
 //! - `time`: seconds from the start of the trace (decimal, `>= 0`), non-decreasing per proxy.
 //!   Rows of many proxies may be interleaved in any order.
-//! - `proxy`: any non-empty name (`namespace/pod` reads well). Plain CSV: no quoting, so no
-//!   commas or quotes in names.
+//! - `proxy`: any non-empty name. `namespace/pod` puts the proxy in `namespace` for the
+//!   policy's `overrides`. Plain CSV: no quoting, so no commas or quotes in names.
 //! - `cpu_millicores`: the CPU the proxy wants (millicores, decimal, `>= 0`) — its demand, not
 //!   what a limit lets it use.
 //! - `memory_bytes`: the memory the proxy would hold with no limit (bytes, integer): its
