@@ -120,4 +120,8 @@ sg_expect "agent exit code on SIGTERM" "$SG_AGENT_RC" 0
 sg_check_restored "after SIGTERM"
 sg_untouched_snapshot "$APP" "$POD" >"$SG_RUN/untouched.mem.now"
 sg_check "app and pod cgroups unchanged" cmp -s "$SG_RUN/untouched.mem.before" "$SG_RUN/untouched.mem.now"
+# Give the image's RAM back to the scenarios that follow.
+kill "$PROXY_PID" 2>/dev/null || true
+sg_wait 5 sh -c "! kill -0 $PROXY_PID 2>/dev/null" || true
+sg_disk_down
 sg_done
