@@ -406,6 +406,22 @@ fn check_cgroup_root(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit in force.
+fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+            return soft;
+        }
+        return hard;
+    }
+    soft
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let (policy, policy_hash) = match args.config.as_deref() {
         Some(path) => reload::load(path),
@@ -413,6 +429,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .map(|p| (p, reload::policy_hash(DEFAULT_POLICY_YAML))),
     }
     .context("refusing to start with an invalid policy")?;
+    // Each proxy holds up to 7 cgroup descriptors (design notes §9): raise the soft
+    // open-file limit to the hard one and hold descriptors only within it.
+    let open_files = raise_open_file_limit();
+    sidecar_governor::cgroup::set_held_budget(open_files.saturating_sub(256) as usize);
     check_cgroup_root(&args.roots.cgroup_root)?;
     let _lock = lock_state_dir(&args.state_dir)?;
     let journal = Journal::load(&args.state_dir)?;

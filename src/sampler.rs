@@ -4,6 +4,7 @@
 //! `pread` from offset 0 into one reused buffer.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cgroup::parse::{
@@ -46,10 +47,11 @@ pub struct RawSample {
 impl ProxyFiles {
     /// Opens the files of the container cgroup `dir`.
     pub fn open(dir: &Path) -> Result<Self, CgroupError> {
+        let dir: Arc<Path> = Arc::from(dir);
         Ok(Self {
-            cpu_stat: CgroupFile::open(dir.join("cpu.stat"))?,
-            cpu_max: CgroupFile::open(dir.join("cpu.max"))?,
-            cpu_pressure: CgroupFile::open(dir.join("cpu.pressure")).ok(),
+            cpu_stat: CgroupFile::open(&dir, "cpu.stat")?,
+            cpu_max: CgroupFile::open(&dir, "cpu.max")?,
+            cpu_pressure: CgroupFile::open(&dir, "cpu.pressure").ok(),
         })
     }
 
@@ -100,11 +102,12 @@ pub struct MemoryRaw {
 impl MemoryFiles {
     /// Opens the memory files of the container cgroup `dir`.
     pub fn open(dir: &Path) -> Result<Self, CgroupError> {
+        let dir: Arc<Path> = Arc::from(dir);
         Ok(Self {
-            current: CgroupFile::open(dir.join("memory.current"))?,
-            high: CgroupFile::open(dir.join("memory.high"))?,
-            events: CgroupFile::open(dir.join("memory.events"))?,
-            pressure: CgroupFile::open(dir.join("memory.pressure")).ok(),
+            current: CgroupFile::open(&dir, "memory.current")?,
+            high: CgroupFile::open(&dir, "memory.high")?,
+            events: CgroupFile::open(&dir, "memory.events")?,
+            pressure: CgroupFile::open(&dir, "memory.pressure").ok(),
         })
     }
 

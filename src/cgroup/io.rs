@@ -7,6 +7,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::parse::ParseError;
 
@@ -94,69 +96,120 @@ const fn libc_enodev() -> i32 {
 /// No cgroup interface file the agent reads comes near this; anything larger is not one.
 const MAX_FILE_BYTES: u64 = 1 << 20;
 
-/// A cgroup file held open and re-read with `pread` at offset 0 each time.
+/// Descriptors held open across all [`CgroupFile`]s, and how many may be (the rest of the
+/// process's open-file limit stays free for sockets, logs and one-shot reads).
+static HELD: AtomicUsize = AtomicUsize::new(0);
+static HELD_BUDGET: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Sets how many cgroup descriptors may be held open at once (beyond that, files are opened
+/// for each read). Call once at start-up from the process's open-file limit.
+pub fn set_held_budget(max: usize) {
+    HELD_BUDGET.store(max, Ordering::Relaxed);
+}
+
+/// Descriptors held open now.
+pub fn held_descriptors() -> usize {
+    HELD.load(Ordering::Relaxed)
+}
+
+/// A cgroup file re-read each tick: held open and re-read with `pread` at offset 0 (the
+/// cheap way, design notes §9) while the descriptor budget allows, else opened per read.
 #[derive(Debug)]
 pub struct CgroupFile {
-    path: PathBuf,
-    file: File,
+    dir: Arc<Path>,
+    name: &'static str,
+    file: Option<File>,
+}
+
+impl Drop for CgroupFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            HELD.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl CgroupFile {
-    /// Opens `path` read-only.
-    pub fn open(path: PathBuf) -> Result<Self, CgroupError> {
-        match File::open(&path) {
-            Ok(file) => Ok(Self { path, file }),
-            Err(source) => Err(CgroupError::Open { path, source }),
+    /// Opens `dir/name` read-only (held if the budget allows). A missing file is an error
+    /// either way, so a cgroup without the controller is noticed at once.
+    pub fn open(dir: &Arc<Path>, name: &'static str) -> Result<Self, CgroupError> {
+        let path = dir.join(name);
+        let file = File::open(&path).map_err(|source| CgroupError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let held = HELD.fetch_add(1, Ordering::Relaxed) < HELD_BUDGET.load(Ordering::Relaxed);
+        if !held {
+            HELD.fetch_sub(1, Ordering::Relaxed);
         }
+        Ok(Self {
+            dir: dir.clone(),
+            name,
+            file: held.then_some(file),
+        })
     }
 
     /// The file's path, for errors and logs.
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(self.name)
     }
 
-    /// Reads the whole file into `buf` (cleared first) from offset 0.
+    /// True while the descriptor is held open.
+    pub fn is_held(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Reads the whole file from offset 0 into `buf` (a scratch buffer kept between calls)
+    /// and returns its text.
     pub fn read_into<'b>(&self, buf: &'b mut Vec<u8>) -> Result<&'b str, CgroupError> {
-        buf.clear();
-        if buf.capacity() < 4096 {
-            buf.reserve(4096);
+        let opened;
+        let file = match &self.file {
+            Some(f) => f,
+            None => {
+                opened = File::open(self.path()).map_err(|source| CgroupError::Open {
+                    path: self.path(),
+                    source,
+                })?;
+                &opened
+            }
+        };
+        if buf.len() < 4096 {
+            buf.resize(4096, 0);
         }
-        let mut offset = 0usize;
+        let mut filled = 0usize;
         loop {
-            if buf.len() as u64 >= MAX_FILE_BYTES {
-                return Err(CgroupError::Parse {
-                    path: self.path.clone(),
-                    source: ParseError::Malformed(format!("larger than {MAX_FILE_BYTES} bytes")),
-                });
-            }
-            if buf.len() == buf.capacity() {
-                buf.reserve(buf.capacity());
-            }
-            let spare = buf.capacity() - buf.len();
-            let start = buf.len();
-            buf.resize(start + spare, 0);
-            let read = self.file.read_at(&mut buf[start..], offset as u64);
-            match read {
-                Ok(0) => {
-                    buf.truncate(start);
-                    break;
+            if filled == buf.len() {
+                if filled as u64 >= MAX_FILE_BYTES {
+                    return Err(CgroupError::Parse {
+                        path: self.path(),
+                        source: ParseError::Malformed(format!(
+                            "larger than {MAX_FILE_BYTES} bytes"
+                        )),
+                    });
                 }
+                buf.resize(filled * 2, 0);
+            }
+            match file.read_at(&mut buf[filled..], filled as u64) {
+                Ok(0) => break,
                 Ok(n) => {
-                    buf.truncate(start + n);
-                    offset += n;
+                    filled += n;
+                    // cgroup (seq_file) and regular files return less than asked only at
+                    // the end: spare the extra read(2).
+                    if filled < buf.len() {
+                        break;
+                    }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => {
-                    buf.truncate(start);
                     return Err(CgroupError::Read {
-                        path: self.path.clone(),
+                        path: self.path(),
                         source,
                     });
                 }
             }
         }
-        std::str::from_utf8(buf).map_err(|_| CgroupError::Parse {
-            path: self.path.clone(),
+        std::str::from_utf8(&buf[..filled]).map_err(|_| CgroupError::Parse {
+            path: self.path(),
             source: ParseError::Malformed("not UTF-8".into()),
         })
     }
@@ -169,7 +222,7 @@ impl CgroupFile {
     ) -> Result<T, CgroupError> {
         let text = self.read_into(buf)?;
         parse(text).map_err(|source| CgroupError::Parse {
-            path: self.path.clone(),
+            path: self.path(),
             source,
         })
     }
@@ -258,7 +311,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("memory.current");
         std::fs::write(&path, "100\n").unwrap();
-        let file = CgroupFile::open(path.clone()).unwrap();
+        let dir_arc: Arc<Path> = Arc::from(dir.path());
+        let file = CgroupFile::open(&dir_arc, "memory.current").unwrap();
         let mut buf = Vec::new();
         assert_eq!(
             file.read_parsed(&mut buf, parse_u64_or_max).unwrap(),
@@ -277,9 +331,35 @@ mod tests {
         let path = dir.path().join("memory.stat");
         let text = "x 1\n".repeat(5000);
         std::fs::write(&path, &text).unwrap();
-        let file = CgroupFile::open(path).unwrap();
+        let dir_arc: Arc<Path> = Arc::from(dir.path());
+        let file = CgroupFile::open(&dir_arc, "memory.stat").unwrap();
         let mut buf = Vec::new();
         assert_eq!(file.read_into(&mut buf).unwrap().len(), text.len());
+        // A shorter file read into the same (now larger) buffer.
+        std::fs::write(&path, "x 1\n").unwrap();
+        assert_eq!(file.read_into(&mut buf).unwrap(), "x 1\n");
+    }
+
+    #[test]
+    fn past_the_budget_files_are_opened_per_read() {
+        // Runs alone in this process's counter space only loosely (tests share statics), so it
+        // checks relative behaviour: with a budget of what is held now, a new file is unheld.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cpu.max"), "max 100000\n").unwrap();
+        let d: Arc<Path> = Arc::from(dir.path());
+        set_held_budget(0);
+        let unheld = CgroupFile::open(&d, "cpu.max").unwrap();
+        set_held_budget(usize::MAX);
+        assert!(!unheld.is_held());
+        let mut buf = Vec::new();
+        assert_eq!(unheld.read_into(&mut buf).unwrap(), "max 100000\n");
+        std::fs::write(dir.path().join("cpu.max"), "5000 100000\n").unwrap();
+        assert_eq!(unheld.read_into(&mut buf).unwrap(), "5000 100000\n");
+        let held = CgroupFile::open(&d, "cpu.max").unwrap();
+        assert!(held.is_held());
+        std::fs::remove_file(dir.path().join("cpu.max")).unwrap();
+        assert!(unheld.read_into(&mut buf).unwrap_err().is_gone());
+        assert_eq!(held.read_into(&mut buf).unwrap(), "5000 100000\n");
     }
 
     #[test]

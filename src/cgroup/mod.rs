@@ -5,5 +5,8 @@
 pub mod io;
 pub mod parse;
 
-pub use io::{CgroupError, CgroupFile, read_value, write_once, write_verified};
+pub use io::{
+    CgroupError, CgroupFile, held_descriptors, read_value, set_held_budget, write_once,
+    write_verified,
+};
 pub use parse::{CpuMax, CpuStat, MemoryEvents, MemoryStat, ParseError, Pressure};

@@ -110,6 +110,7 @@ pub fn wants_stat(
         None => false,
         Some(h) => {
             current as f64 >= h as f64 * (1.0 - p.headroom / 2.0)
+                || current.saturating_add(p.margin_bytes.saturating_mul(2)) >= h
                 || (state.quiet_for + elapsed >= p.scale_down_after
                     && state.since_probe + elapsed >= p.probe_interval)
         }
@@ -171,8 +172,12 @@ pub fn decide_memory(
         _ => return set(bounds.ceiling, Direction::Down, Reason::Policy),
     };
 
-    // Immediate back-off: the kernel hit the limit (or worse).
-    let hit = obs.events.high + obs.events.max + obs.events.oom_kill;
+    // Immediate back-off: the kernel hit the hard limit or killed, or throttled at
+    // memory.high while tasks stalled. `high` increments with no stall at all are the kernel
+    // reclaiming cold cache — what a downward probe asks for — so they alone are no back-off
+    // (without PSI there is no telling, and every increment counts).
+    let stalled = obs.pressure_some.is_none_or(|p| p > 0.0);
+    let hit = obs.events.max + obs.events.oom_kill + if stalled { obs.events.high } else { 0 };
     if hit > 0 {
         state.quiet_for = Duration::ZERO;
         let want = ((high as f64 * 1.5) as u64)
@@ -191,10 +196,17 @@ pub fn decide_memory(
             .then(|| set(want, Direction::Up, Reason::Pressure))
             .flatten();
     }
-    // Memory that cannot be reclaimed is nearing the limit: make room before it stalls.
-    if let Some(stat) = &obs.stat {
+    // Memory that cannot be reclaimed is within the margin of the limit: make room (headroom
+    // above it) before it stalls. The trigger is the same line the downward probe stops at
+    // (unreclaimable + margin), so the two never chase each other.
+    if let Some(stat) = &obs.stat
+        && stat.unreclaimable().saturating_add(p.margin_bytes) > high
+    {
         let need = headroom(stat.unreclaimable())
-            .max(stat.unreclaimable().saturating_add(p.margin_bytes))
+            .max(
+                stat.unreclaimable()
+                    .saturating_add(p.margin_bytes.saturating_mul(2)),
+            )
             .min(bounds.ceiling);
         if need > high {
             state.quiet_for = Duration::ZERO;
@@ -434,6 +446,7 @@ mod tests {
             };
             let o = MemoryObservation {
                 events,
+                pressure_some: Some(0.001),
                 ..obs(100 * MI, Some(100 * MI), None)
             };
             let d = decide_memory(&mut s, &o, bounds(), &p).unwrap();
@@ -444,6 +457,62 @@ mod tests {
             assert_eq!(d.action, MemoryAction::SetHigh(150 * MI));
             assert_eq!(s.quiet_for, Duration::ZERO);
         }
+    }
+
+    #[test]
+    fn high_events_without_stall_are_cache_reclaim_not_a_back_off() {
+        let p = policy();
+        let mut s = MemoryState {
+            placed: true,
+            ..Default::default()
+        };
+        let o = MemoryObservation {
+            events: MemoryEventsDelta {
+                high: 5,
+                ..Default::default()
+            },
+            ..obs(100 * MI, Some(100 * MI), None)
+        };
+        assert_eq!(decide_memory(&mut s, &o, bounds(), &p), None);
+        // Without PSI there is no telling: every increment backs off.
+        let blind = MemoryObservation {
+            pressure_some: None,
+            ..o
+        };
+        let d = decide_memory(&mut s, &blind, bounds(), &p).unwrap();
+        assert_eq!(d.reason, Reason::MemoryEvents);
+    }
+
+    #[test]
+    fn probing_down_and_near_limit_do_not_chase_each_other() {
+        // 200 MiB of anon, cache on top: probes stop at anon + margin and nothing raises it
+        // again while anon stays put.
+        let p = MemoryPolicy {
+            step_down: 0.1,
+            ..policy()
+        };
+        let mut s = MemoryState {
+            placed: true,
+            ..Default::default()
+        };
+        let mut high = 400 * MI;
+        let mut ups = 0;
+        for _ in 0..600 {
+            let current = high.min(300 * MI);
+            let st = stat(200 * MI, current - 200 * MI);
+            let need = wants_stat(&s, TICK, current, Some(high), &p);
+            let o = obs(current, Some(high), need.then_some(st));
+            if let Some(d) = decide_memory(&mut s, &o, bounds(), &p) {
+                if d.direction == Direction::Up {
+                    ups += 1;
+                }
+                if let MemoryAction::SetHigh(h) = d.action {
+                    high = h;
+                }
+            }
+        }
+        assert_eq!(ups, 0);
+        assert_eq!(high, 200 * MI + p.margin_bytes);
     }
 
     #[test]
