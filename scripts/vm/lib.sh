@@ -269,6 +269,12 @@ sg_trace_stop() {
 	wait "$SG_TRACE_PID" 2>/dev/null || true
 	sg_log "cpu.max quota trace (millicores), lines where it changed:"
 	awk '{ t = $1; $1 = ""; if ($0 != last) print "    " t $0; last = $0 }' "$SG_RUN/trace.log"
+	# The agent's own account of every step up (informational: the text is the agent's log).
+	if grep -q 'direction="up"' "$SG_RUN/agent.log" 2>/dev/null; then
+		sg_log "the agent's steps up:"
+		grep 'direction="up"' "$SG_RUN/agent.log" |
+			sed 's/^\([^ ]*\) .*pod_uid="\(........\)[^ ]* .*direction=/    \1 pod \2 direction=/' | cut -c1-220
+	fi
 }
 
 # ---------------------------------------------------------------------------------------------

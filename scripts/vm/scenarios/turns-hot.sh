@@ -9,8 +9,8 @@ sg_standard_pods idle spin
 sg_policy 3s
 sg_trace_start
 sg_agent_start
-if ! sg_wait 60 sg_file_is "$PROXY_A/cpu.max" "10000 100000"; then
-	sg_fail "proxy A never reached the floor (cpu.max '$(sg_cpu_max "$PROXY_A")' after 60 s)"
+if ! sg_wait 90 sg_file_is "$PROXY_A/cpu.max" "10000 100000"; then
+	sg_fail "proxy A never reached the floor (cpu.max '$(sg_cpu_max "$PROXY_A")' after 90 s)"
 	sg_trace_stop
 	sg_done
 fi
