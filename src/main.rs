@@ -51,11 +51,13 @@ enum LogFormat {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum DiscoveryMode {
-    /// The container runtime (CRI) where its socket answers, else procfs.
+    /// The container runtime (CRI) where its socket answers, else procfs (back to CRI when it
+    /// answers again).
     Auto,
     /// Scan /proc for proxy processes.
     Procfs,
-    /// The container runtime's CRI API.
+    /// The container runtime's CRI API (its socket must exist at start; procfs while it does
+    /// not answer).
     Cri,
 }
 
