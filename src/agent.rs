@@ -270,7 +270,7 @@ impl Agent {
         m.ticks.inc();
         m.tick_duration_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.shared.publish(self.views());
+        self.publish();
     }
 
     /// Runs discovery and reconciles the governed set with what it found.
@@ -798,13 +798,14 @@ impl Agent {
         true
     }
 
-    /// The per-proxy view, and the per-proxy gauges updated on the way.
-    fn views(&self) -> Vec<ProxyView> {
+    /// Updates the per-proxy gauges and the debug view (in place: the strings of the last
+    /// tick's view are reused).
+    fn publish(&self) {
         let m = &self.shared.metrics;
         let global_dry_run = self.dry_run();
-        self.governed
-            .values()
-            .map(|g| {
+        self.shared.publish_with(|views| {
+            views.truncate(self.governed.len());
+            for (i, g) in self.governed.values().enumerate() {
                 let dry_run = global_dry_run || g.mode == Mode::DryRun;
                 let quota = if dry_run {
                     g.planned_millis.or(g.prev.and_then(|s| s.cpu_max.millis()))
@@ -846,27 +847,31 @@ impl Agent {
                         m.memory_pressure_ratio.get_or_create(&g.labels).set(pr);
                     }
                 }
-                ProxyView {
-                    memory_high_bytes: memory_high,
-                    memory_usage_bytes: reading.map(|r| r.current),
-                    memory_pressure_ratio: reading.and_then(|r| r.pressure),
-                    key: g.proxy.key.clone(),
-                    namespace: g.proxy.namespace.clone(),
-                    pod: g.proxy.pod.clone(),
-                    container: g.proxy.container.clone(),
-                    pod_uid: g.proxy.pod_uid.clone(),
-                    container_id: g.proxy.container_id.clone(),
-                    process: g.proxy.process.clone(),
-                    pid: g.proxy.pid,
-                    cpu_quota_millis: quota,
-                    cpu_original_millis: g.original.millis(),
-                    cpu_usage_millis: g.last_obs.map(|o| o.usage_millis),
-                    cpu_throttled_ratio: g.last_obs.map(|o| o.throttled_ratio),
-                    backoff: g.backoff_until.is_some(),
-                    last_action: g.last_action.clone(),
+                if i == views.len() {
+                    views.push(ProxyView::default());
                 }
-            })
-            .collect()
+                let v = &mut views[i];
+                v.key.clone_from(&g.proxy.key);
+                v.namespace.clone_from(&g.proxy.namespace);
+                v.pod.clone_from(&g.proxy.pod);
+                v.container.clone_from(&g.proxy.container);
+                v.pod_uid.clone_from(&g.proxy.pod_uid);
+                v.container_id.clone_from(&g.proxy.container_id);
+                v.process.clone_from(&g.proxy.process);
+                v.pid = g.proxy.pid;
+                v.cpu_quota_millis = quota;
+                v.cpu_original_millis = g.original.millis();
+                v.cpu_usage_millis = g.last_obs.map(|o| o.usage_millis);
+                v.cpu_throttled_ratio = g.last_obs.map(|o| o.throttled_ratio);
+                v.memory_high_bytes = memory_high;
+                v.memory_usage_bytes = reading.map(|r| r.current);
+                v.memory_pressure_ratio = reading.and_then(|r| r.pressure);
+                v.backoff = g.backoff_until.is_some();
+                if v.last_action != g.last_action {
+                    v.last_action.clone_from(&g.last_action);
+                }
+            }
+        });
     }
 
     /// Stops governing: with `restoreOnExit` (and not in dry run) every journaled original is

@@ -59,6 +59,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    last_len: std::sync::atomic::AtomicUsize,
     pub proxies: Gauge,
     pub actions: Family<ActionLabels, Counter>,
     pub cpu_quota_millicores: Family<ProxyLabels, FloatGauge>,
@@ -96,6 +97,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("sidecar_governor");
         let m = Metrics {
             registry: Registry::default(),
+            last_len: std::sync::atomic::AtomicUsize::new(0),
             proxies: Gauge::default(),
             actions: Family::default(),
             cpu_quota_millicores: Family::default(),
@@ -303,9 +305,14 @@ impl Metrics {
 
     /// The exposition text (OpenMetrics).
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(16 * 1024);
+        // Sized from the last exposition: with thousands of series the text is megabytes,
+        // and growing it by doubling would briefly hold twice that.
+        let hint = self.last_len.load(std::sync::atomic::Ordering::Relaxed);
+        let mut out = String::with_capacity(hint + hint / 8 + 16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        self.last_len
+            .store(out.len(), std::sync::atomic::Ordering::Relaxed);
         out
     }
 }

@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::metrics::Metrics;
 
 /// The last action taken on a proxy.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ActionView {
     pub resource: &'static str,
     pub direction: &'static str,
@@ -28,7 +28,7 @@ pub struct ActionView {
 }
 
 /// One governed proxy as `/debug/proxies` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ProxyView {
     pub key: String,
     pub namespace: String,
@@ -64,6 +64,16 @@ impl Shared {
     pub fn publish(&self, views: Vec<ProxyView>) {
         if let Ok(mut slot) = self.proxies.write() {
             *slot = views;
+        }
+        self.last_tick_unix.store(now_unix(), Ordering::Relaxed);
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Records a completed tick, updating the per-proxy view in place with `update` (which
+    /// reuses the previous tick's allocations: no churn with thousands of proxies).
+    pub fn publish_with(&self, update: impl FnOnce(&mut Vec<ProxyView>)) {
+        if let Ok(mut slot) = self.proxies.write() {
+            update(&mut slot);
         }
         self.last_tick_unix.store(now_unix(), Ordering::Relaxed);
         self.ready.store(true, Ordering::Release);
