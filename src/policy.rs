@@ -278,30 +278,12 @@ impl PodControl {
                     Some(m) => control.mode = Some(m),
                     None => c.fail(key, format!("`{value}` is not one of off, dry-run, on")),
                 },
-                ANNOTATION_CPU_MIN => match parse_cpu_millis(value) {
-                    Ok(v) if v < KERNEL_MIN_MILLIS => c.fail(
-                        key,
-                        format!(
-                            "{} is below the kernel's smallest quota ({})",
-                            format_cpu_millis(v),
-                            format_cpu_millis(KERNEL_MIN_MILLIS)
-                        ),
-                    ),
-                    Ok(v) => control.cpu_min_millis = Some(v),
-                    Err(e) => c.fail(key, e.to_string()),
-                },
-                ANNOTATION_CPU_MAX => match parse_cpu_millis(value) {
-                    Ok(v) if v < KERNEL_MIN_MILLIS => c.fail(
-                        key,
-                        format!(
-                            "{} is below the kernel's smallest quota ({})",
-                            format_cpu_millis(v),
-                            format_cpu_millis(KERNEL_MIN_MILLIS)
-                        ),
-                    ),
-                    Ok(v) => control.cpu_max_millis = Some(v),
-                    Err(e) => c.fail(key, e.to_string()),
-                },
+                ANNOTATION_CPU_MIN => {
+                    control.cpu_min_millis = control.cpu_min_millis.or(c.cpu_bound(key, value));
+                }
+                ANNOTATION_CPU_MAX => {
+                    control.cpu_max_millis = control.cpu_max_millis.or(c.cpu_bound(key, value));
+                }
                 _ => c.fail(
                     key,
                     format!(
@@ -522,6 +504,28 @@ impl Checker {
             Some(Err(e)) => {
                 self.fail(path, e.to_string());
                 default
+            }
+        }
+    }
+
+    /// A CPU bound (`cpu.min`-like): a quantity no finer than the kernel's smallest quota.
+    fn cpu_bound(&mut self, path: &str, text: &str) -> Option<u64> {
+        match parse_cpu_millis(text) {
+            Ok(v) if v < KERNEL_MIN_MILLIS => {
+                self.fail(
+                    path,
+                    format!(
+                        "{} is below the kernel's smallest quota ({})",
+                        format_cpu_millis(v),
+                        format_cpu_millis(KERNEL_MIN_MILLIS)
+                    ),
+                );
+                None
+            }
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.fail(path, e.to_string());
+                None
             }
         }
     }
@@ -892,26 +896,7 @@ impl Policy {
             });
             let bounds = o.cpu.unwrap_or_default();
             let mut millis = |field: &str, value: Option<&Scalar>| {
-                let v = value.map(|v| parse_cpu_millis(&v.text()));
-                match v {
-                    None => None,
-                    Some(Ok(v)) if v < KERNEL_MIN_MILLIS => {
-                        c.fail(
-                            &at(field),
-                            format!(
-                                "{} is below the kernel's smallest quota ({})",
-                                format_cpu_millis(v),
-                                format_cpu_millis(KERNEL_MIN_MILLIS)
-                            ),
-                        );
-                        None
-                    }
-                    Some(Ok(v)) => Some(v),
-                    Some(Err(e)) => {
-                        c.fail(&at(field), e.to_string());
-                        None
-                    }
-                }
+                value.and_then(|v| c.cpu_bound(&at(field), &v.text()))
             };
             let cpu_min_millis = millis("cpu.min", bounds.min.as_ref());
             let cpu_max_millis = millis("cpu.max", bounds.max.as_ref());
