@@ -86,6 +86,51 @@ pub fn set_cpu(
     Ok((now, burst))
 }
 
+/// The pod cgroup's quota to hold while the container's quota is `container_millis`
+/// (`cpu.allowAboveLimit`): the pod's original plus whatever the container is above its own
+/// original. `None` when the pod is unlimited (nothing to raise).
+pub fn pod_quota_for(
+    pod_original: &CpuMax,
+    container_original: Option<u64>,
+    container_millis: u64,
+) -> Option<u64> {
+    let pod = pod_original.millis()?;
+    let excess = container_millis.saturating_sub(container_original.unwrap_or(u64::MAX));
+    Some(pod.saturating_add(excess))
+}
+
+/// Sets the container quota like [`set_cpu`], keeping the pod cgroup's quota above it: a
+/// child's quota is silently capped by its parent's, so the pod is raised first and lowered
+/// last, back to exactly its original once the container is within its own limit.
+pub fn set_cpu_in_pod(
+    dir: &Path,
+    pod_dir: &Path,
+    current: &CpuMax,
+    millis: u64,
+    burst_ratio: f64,
+    pod_original: &CpuMax,
+    container_original: Option<u64>,
+) -> Result<(CpuMax, Option<u64>), CgroupError> {
+    let Some(pod_want) = pod_quota_for(pod_original, container_original, millis) else {
+        return set_cpu(dir, current, millis, burst_ratio);
+    };
+    let pod_now = read_value(pod_dir, "cpu.max", parse_cpu_max)?;
+    let target = if Some(pod_want) == pod_original.millis() {
+        *pod_original
+    } else {
+        pod_now.with_millis(pod_want)
+    };
+    let now_millis = pod_now.millis().unwrap_or(u64::MAX);
+    if now_millis < pod_want {
+        write_cpu_max(pod_dir, &target)?;
+    }
+    let result = set_cpu(dir, current, millis, burst_ratio)?;
+    if now_millis > pod_want || (now_millis == pod_want && pod_now != target) {
+        write_cpu_max(pod_dir, &target)?;
+    }
+    Ok(result)
+}
+
 /// Runs a write that may block (memory writes reclaim synchronously in the writer) on its own
 /// thread and waits at most `timeout`; after that the write is left to finish on its own and
 /// a [`CgroupError::Timeout`] is returned. The control loop never blocks longer.
@@ -193,6 +238,7 @@ pub fn restore_entry(
     if !dir.is_dir() {
         return Ok(Restored::Gone);
     }
+    let pod_dir = cgroup_root.join(&parsed.pod_rel);
     let original = parse_cpu_max(&entry.cpu_max).map_err(|source| CgroupError::Parse {
         path: dir.join("cpu.max"),
         source,
@@ -214,6 +260,14 @@ pub fn restore_entry(
             && b > 0
         {
             write_burst(&dir, b)?;
+        }
+        // The container is back within its own limit: now the pod may come down.
+        if let Some(text) = &entry.pod_cpu_max {
+            let pod = parse_cpu_max(text).map_err(|source| CgroupError::Parse {
+                path: pod_dir.join("cpu.max"),
+                source,
+            })?;
+            write_cpu_max(&pod_dir, &pod)?;
         }
         if let Some(text) = &entry.memory_high {
             let high = parse_u64_or_max(text).map_err(|source| CgroupError::Parse {
@@ -301,6 +355,7 @@ mod tests {
             container: String::new(),
             cpu_max: cpu.into(),
             cpu_max_burst: None,
+            pod_cpu_max: None,
             memory_high: None,
             recorded_at: 0,
         }
@@ -439,6 +494,49 @@ mod tests {
         assert_eq!(read("cpu.max"), "200000 100000");
         assert_eq!(read("cpu.max.burst"), "50000");
         assert_eq!(read("memory.high"), "max");
+    }
+
+    #[test]
+    fn the_pod_is_raised_first_and_lowered_last_then_restored() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join(KEY);
+        let pod = dir.parent().unwrap().to_path_buf();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cpu.max"), "50000 100000\n").unwrap();
+        std::fs::write(pod.join("cpu.max"), "60000 100000\n").unwrap();
+        let pod_original = parse_cpu_max("60000 100000").unwrap();
+        let current = parse_cpu_max("50000 100000").unwrap();
+        let read = |d: &Path| std::fs::read_to_string(d.join("cpu.max")).unwrap();
+        assert_eq!(pod_quota_for(&pod_original, Some(500), 1500), Some(1600));
+        assert_eq!(pod_quota_for(&pod_original, Some(500), 300), Some(600));
+        let (now, _) =
+            set_cpu_in_pod(&dir, &pod, &current, 1500, 0.0, &pod_original, Some(500)).unwrap();
+        assert_eq!(
+            (read(&dir).as_str(), read(&pod).as_str()),
+            ("150000 100000", "160000 100000")
+        );
+        set_cpu_in_pod(&dir, &pod, &now, 200, 0.0, &pod_original, Some(500)).unwrap();
+        assert_eq!(
+            (read(&dir).as_str(), read(&pod).as_str()),
+            ("20000 100000", "60000 100000")
+        );
+        // Restore puts both back.
+        set_cpu_in_pod(&dir, &pod, &now, 1500, 0.0, &pod_original, Some(500)).unwrap();
+        let mut e = entry("50000 100000");
+        e.pod_cpu_max = Some("60000 100000".into());
+        assert_eq!(
+            restore_entry(root.path(), KEY, &e).unwrap(),
+            Restored::Restored
+        );
+        assert_eq!(
+            (read(&dir).as_str(), read(&pod).as_str()),
+            ("50000 100000", "60000 100000")
+        );
+        // An unlimited pod is never written.
+        std::fs::write(pod.join("cpu.max"), "max 100000\n").unwrap();
+        let unlimited = parse_cpu_max("max 100000").unwrap();
+        set_cpu_in_pod(&dir, &pod, &current, 1500, 0.0, &unlimited, Some(500)).unwrap();
+        assert_eq!(read(&pod), "max 100000\n");
     }
 
     #[test]

@@ -73,6 +73,7 @@ struct PendingCpu {
     obs: CpuObservation,
     dry_run: bool,
     burst_ratio: f64,
+    above_limit: bool,
 }
 
 /// Whether a container's originals are in the journal.
@@ -554,16 +555,39 @@ impl Agent {
 
     /// Makes sure `key`'s originals (CPU and, when governed, memory) are journaled before a
     /// write. Never write what could not be journaled.
-    fn ensure_journaled(&mut self, key: &str) -> Journaling {
+    /// With `with_pod`, the pod cgroup's `cpu.max` is journaled too (before it is first raised).
+    fn ensure_journaled(&mut self, key: &str, with_pod: bool) -> Journaling {
         let Some(g) = self.governed.get(key) else {
             return Journaling::Failed;
         };
         let memory_high = g.mem.as_ref().map(|m| memory::high_text(m.original));
+        let pod_cpu_max = if with_pod {
+            match read_cpu_max(&g.proxy.pod_dir) {
+                Ok(m) => Some(m.to_string()),
+                Err(e) => {
+                    warn!(cgroup = key, error = %e, "cannot read the pod's cpu.max; not writing");
+                    self.shared.metrics.error(e.kind());
+                    return Journaling::Failed;
+                }
+            }
+        } else {
+            None
+        };
         let result = match self.journal.get(key) {
-            Some(e) if e.memory_high.is_some() || memory_high.is_none() => {
+            Some(e)
+                if (e.memory_high.is_some() || memory_high.is_none())
+                    && (e.pod_cpu_max.is_some() || pod_cpu_max.is_none()) =>
+            {
                 return Journaling::Recorded;
             }
-            Some(_) => self.journal.update(key, |e| e.memory_high = memory_high),
+            Some(_) => self.journal.update(key, |e| {
+                if e.memory_high.is_none() {
+                    e.memory_high = memory_high;
+                }
+                if e.pod_cpu_max.is_none() {
+                    e.pod_cpu_max = pod_cpu_max;
+                }
+            }),
             None => {
                 let burst = actuator::read_cpu_burst(&g.proxy.dir).ok().flatten();
                 let entry = Entry {
@@ -574,6 +598,7 @@ impl Agent {
                     container: g.proxy.container.clone(),
                     cpu_max: g.original.to_string(),
                     cpu_max_burst: burst.map(|b| b.to_string()),
+                    pod_cpu_max,
                     memory_high,
                     recorded_at: now_unix(),
                 };
@@ -692,6 +717,7 @@ impl Agent {
                 obs,
                 dry_run,
                 burst_ratio: cpu_policy.burst_ratio,
+                above_limit: cpu_policy.allow_above_limit,
             })),
         }
     }
@@ -707,19 +733,42 @@ impl Agent {
             obs,
             dry_run,
             burst_ratio,
+            above_limit,
         } = p;
         let key = key.as_str();
         let to = decision.quota_millis;
-        if !dry_run && self.ensure_journaled(key) == Journaling::Failed {
+        // The pod is managed once the policy allows going above the limit, and for as long as
+        // the journal says the pod was raised (even if the policy changed since).
+        let journaled_pod = |journal: &Journal| {
+            journal
+                .get(key)
+                .and_then(|e| e.pod_cpu_max.as_deref())
+                .and_then(|t| crate::cgroup::parse::parse_cpu_max(t).ok())
+        };
+        let with_pod = above_limit || journaled_pod(&self.journal).is_some();
+        if !dry_run && self.ensure_journaled(key, with_pod) == Journaling::Failed {
             return true;
         }
+        let pod_original = journaled_pod(&self.journal);
         let Some(g) = self.governed.get_mut(key) else {
             return true;
         };
         if dry_run {
             g.planned_millis = Some(to);
         } else {
-            match actuator::set_cpu(&g.proxy.dir, &sample.cpu_max, to, burst_ratio) {
+            let written = match &pod_original {
+                Some(pod) => actuator::set_cpu_in_pod(
+                    &g.proxy.dir,
+                    &g.proxy.pod_dir,
+                    &sample.cpu_max,
+                    to,
+                    burst_ratio,
+                    pod,
+                    g.original.millis(),
+                ),
+                None => actuator::set_cpu(&g.proxy.dir, &sample.cpu_max, to, burst_ratio),
+            };
+            match written {
                 Ok((now_max, _burst)) => {
                     g.written = Some(now_max);
                     g.prev = Some(RawSample {

@@ -55,6 +55,9 @@ pub struct Entry {
     /// `cpu.max.burst` before the agent's first write, when the agent manages burst.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_max_burst: Option<String>,
+    /// The pod cgroup's `cpu.max` before the agent first raised it (`cpu.allowAboveLimit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cpu_max: Option<String>,
     /// `memory.high` before the agent's first write, when memory is governed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_high: Option<String>,
@@ -247,6 +250,7 @@ mod tests {
             container: String::new(),
             cpu_max: cpu.into(),
             cpu_max_burst: None,
+            pod_cpu_max: None,
             memory_high: None,
             recorded_at: 1,
         }

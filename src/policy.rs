@@ -174,6 +174,7 @@ struct RawCpu {
     conflict_backoff: Option<Scalar>,
     per_worker_min: Option<Scalar>,
     burst_ratio: Option<f64>,
+    allow_above_limit: Option<bool>,
     push_storm: Option<RawPushStorm>,
 }
 
@@ -366,6 +367,9 @@ pub struct CpuPolicy {
     pub per_worker_min_millis: u64,
     /// `cpu.max.burst` as a share of the quota (0 = leave burst alone).
     pub burst_ratio: f64,
+    /// Grow above the container's own limit (up to `max`), raising the pod cgroup's
+    /// `cpu.max` first and lowering it last (for pods with one governed proxy).
+    pub allow_above_limit: bool,
     pub push_storm: PushStormPolicy,
 }
 
@@ -450,6 +454,7 @@ impl Default for Policy {
                 conflict_backoff: Duration::from_secs(120),
                 per_worker_min_millis: 50,
                 burst_ratio: 0.0,
+                allow_above_limit: false,
                 push_storm: PushStormPolicy {
                     min_proxies: 3,
                     fraction: 0.5,
@@ -716,6 +721,7 @@ impl Policy {
                 dc.per_worker_min_millis,
                 parse_cpu_millis,
             ),
+            allow_above_limit: r.allow_above_limit.unwrap_or(dc.allow_above_limit),
             burst_ratio: match r.burst_ratio {
                 None => dc.burst_ratio,
                 Some(v) if v.is_finite() && (0.0..=1.0).contains(&v) => v,

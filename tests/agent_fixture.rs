@@ -523,3 +523,31 @@ fn envoy_concurrency_sets_the_floor() {
     run(&mut h, &mut [&mut c], 60, |_, _| 1);
     assert_eq!(c.quota_millis(), Some(200), "4 workers x 50m");
 }
+
+#[test]
+fn above_the_limit_only_when_allowed_with_the_pod_raised_and_restored() {
+    for allowed in [false, true] {
+        let mut node = Node::new();
+        let mut c = node.container(1, 1, "50000 100000");
+        node.process(&mut c, "envoy", &["envoy"]);
+        std::fs::write(c.dir.parent().unwrap().join("cpu.max"), "60000 100000\n").unwrap();
+        let p = Policy::from_yaml(&format!(
+            "interval: 1s\nmatch:\n  rescanInterval: 1s\ncpu:\n  allowAboveLimit: {allowed}\n"
+        ))
+        .unwrap();
+        let mut h = Harness::new(&node, p, false);
+        run(&mut h, &mut [&mut c], 4, |_, _| 1500);
+        if allowed {
+            assert!(c.quota_millis().unwrap() >= 1500, "{}", c.cpu_max());
+            let pod: u64 = c.pod_cpu_max().split(' ').next().unwrap().parse().unwrap();
+            let quota: u64 = c.cpu_max().split(' ').next().unwrap().parse().unwrap();
+            assert_eq!(pod, 60_000 + quota - 50_000, "pod raised by the excess");
+        } else {
+            assert_eq!(c.cpu_max(), "50000 100000", "capped at its own limit");
+            assert_eq!(c.pod_cpu_max(), "60000 100000");
+        }
+        h.agent.shutdown();
+        assert_eq!(c.cpu_max(), "50000 100000");
+        assert_eq!(c.pod_cpu_max(), "60000 100000", "pod restored");
+    }
+}

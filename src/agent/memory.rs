@@ -204,7 +204,7 @@ impl Agent {
             }
         } else {
             if let MemoryAction::SetHigh(_) = decision.action
-                && self.ensure_journaled(key) == Journaling::Failed
+                && self.ensure_journaled(key, false) == Journaling::Failed
             {
                 return true;
             }

@@ -37,8 +37,12 @@ pub struct CpuBounds {
 impl CpuBounds {
     /// Policy bounds narrowed by the container's original limit (`None` = unlimited): never
     /// above the original, and a floor that never exceeds the ceiling.
+    /// With `allowAboveLimit` the original does not cap the ceiling (the pod cgroup is raised).
     pub fn new(policy: &CpuPolicy, original_millis: Option<u64>) -> CpuBounds {
-        let ceiling = original_millis.map_or(policy.max_millis, |o| o.min(policy.max_millis));
+        let ceiling = match original_millis {
+            Some(o) if !policy.allow_above_limit => o.min(policy.max_millis),
+            _ => policy.max_millis,
+        };
         CpuBounds {
             floor: policy.min_millis.min(ceiling),
             ceiling,
@@ -232,6 +236,16 @@ mod tests {
                 ceiling: 50
             }
         );
+    }
+
+    #[test]
+    fn above_the_limit_only_when_allowed() {
+        let allowed = CpuPolicy {
+            allow_above_limit: true,
+            ..policy()
+        };
+        assert_eq!(CpuBounds::new(&allowed, Some(500)).ceiling, 2000);
+        assert_eq!(CpuBounds::new(&policy(), Some(500)).ceiling, 500);
     }
 
     #[test]
