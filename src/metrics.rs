@@ -231,6 +231,24 @@ impl Metrics {
             "Kubernetes Events by result (sent, failed, dropped: queue full, rate_limited)",
             m.events.clone(),
         );
+        // Known error kinds exist from the start at 0, so alerts on their rate see a series.
+        for kind in [
+            "read",
+            "read_gone",
+            "parse",
+            "write",
+            "write_einval",
+            "write_denied",
+            "write_timeout",
+            "write_gone",
+            "invalid_value",
+            "verify",
+            "journal",
+            "discovery",
+            "annotation",
+        ] {
+            m.errors.get_or_create(&ErrorLabels { kind });
+        }
         Metrics { registry, ..m }
     }
 

@@ -138,7 +138,11 @@ pub fn decide_cpu(
         let demand = usage + obs.throttled_millis.max(0.0);
         let sized = demand / p.target_utilization;
         let stepped = quota * (1.0 + p.step_up);
-        let want = (sized.max(stepped).ceil() as u64).clamp(bounds.floor, bounds.ceiling);
+        // Throttled while using well under the quota is a short burst (an idle proxy waking
+        // up), not a lasting need: one step, not a jump to the burst's size.
+        let bursty = reason == Reason::Throttled && utilization < p.target_utilization;
+        let want = if bursty { stepped } else { sized.max(stepped) };
+        let want = (want.ceil() as u64).clamp(bounds.floor, bounds.ceiling);
         return (want > current).then(|| up(want, reason)).flatten();
     }
 
@@ -352,6 +356,24 @@ mod tests {
         assert_eq!(d.reason, Reason::Throttled);
         // demand 1000m at 60% target = 1667m
         assert_eq!(d.quota_millis, 1667);
+    }
+
+    #[test]
+    fn a_throttled_blip_while_idle_is_one_step_not_a_jump() {
+        // At the 100m floor an idle proxy (20m used) is throttled in a few periods with a lot
+        // of throttled time: it doubles, it does not jump to 500m+.
+        let d = decide_cpu(
+            &mut CpuState::default(),
+            &CpuObservation {
+                throttled_ratio: 0.2,
+                throttled_millis: 300.0,
+                ..obs(100, 20.0)
+            },
+            bounds(),
+            &policy(),
+        )
+        .unwrap();
+        assert_eq!((d.reason, d.quota_millis), (Reason::Throttled, 200));
     }
 
     #[test]

@@ -27,7 +27,7 @@ for name in sidecar_governor_proxies sidecar_governor_actions_total \
 	sidecar_governor_tick_duration_seconds_count; do
 	sg_check "series $name" grep -q "^${name}[{ ]" "$SG_RUN/metrics.txt"
 done
-# errors_total has a series per kind only once such an error happened; none should have here.
+# errors_total has a series per known kind from the start, at 0; none should have counted here.
 sg_log "errors: $(grep '^sidecar_governor_errors_total' "$SG_RUN/metrics.txt" | tr '\n' ' ')"
 sg_check 'actions_total{resource="cpu",direction="down"} counted' \
 	sh -c "grep '^sidecar_governor_actions_total{' $SG_RUN/metrics.txt | grep 'resource=\"cpu\"' | grep -q 'direction=\"down\"'"
