@@ -247,7 +247,7 @@ impl Metrics {
             "discovery",
             "annotation",
         ] {
-            m.errors.get_or_create(&ErrorLabels { kind });
+            let _ = m.errors.get_or_create(&ErrorLabels { kind });
         }
         Metrics { registry, ..m }
     }
