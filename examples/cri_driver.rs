@@ -9,9 +9,12 @@
 //! cri_driver [--endpoint SOCK] [--timeout SECS] wait [SECONDS]
 //! cri_driver ... pod-up --name N --namespace NS --uid UID [--qos burstable]
 //!                [--annotation K=V]... [--image IMG]
-//!                --container 'NAME|CPU_LIMIT_MILLIS|COMMAND ARGS...'... [--mount HOST:CONTAINER]...
+//!                --container 'NAME|CPU_LIMIT_MILLIS|COMMAND ARGS...'... [--mount HOST:CONTAINER[:ro]]...
+//!                [--env K=V]... [--host-pid] [--drop-all-caps] [--readonly-rootfs]
+//!                [--run-as-user UID] [--no-new-privs] [--seccomp-runtime-default]
 //!     prints "POD <sandbox id>" and, per container,
 //!     "CONTAINER <name> <id> <started_at_unix_ms> <uptime_ms_after_start>"
+//! cri_driver ... stop-container ID [--grace SECS]   (SIGTERM, SIGKILL after SECS; prints the ms)
 //! cri_driver ... rm-container ID
 //! cri_driver ... pod-down SANDBOX_ID
 //! cri_driver ... ps
@@ -25,9 +28,10 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use sidecar_governor::cri::client::{CriClient, CriTarget};
 use sidecar_governor::cri::proto::{
-    ContainerConfig, ContainerMetadata, ImageSpec, LinuxContainerConfig, LinuxContainerResources,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    Capability, ContainerConfig, ContainerMetadata, ImageSpec, Int64Value, KeyValue,
+    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, SecurityProfile,
 };
 
 #[derive(Debug, Parser)]
@@ -47,6 +51,7 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Cmd {
     /// Wait until the runtime answers `Version` (up to SECONDS).
     Wait {
@@ -71,9 +76,17 @@ enum Cmd {
         /// 'NAME|CPU_LIMIT_MILLIS|COMMAND ARGS...' (repeatable, in start order).
         #[arg(long = "container", required = true)]
         containers: Vec<String>,
-        /// HOST:CONTAINER bind mount for every container (repeatable).
+        /// HOST:CONTAINER[:ro] bind mount for every container (repeatable).
         #[arg(long = "mount")]
         mounts: Vec<String>,
+        #[command(flatten)]
+        security: Security,
+    },
+    /// Stop one container as kubelet does: SIGTERM, SIGKILL after the grace period.
+    StopContainer {
+        id: String,
+        #[arg(long, default_value_t = 30)]
+        grace: i64,
     },
     /// Stop (at once) and remove one container.
     RmContainer { id: String },
@@ -81,6 +94,32 @@ enum Cmd {
     PodDown { sandbox_id: String },
     /// List running containers.
     Ps,
+}
+
+/// The DaemonSet-style options (applied to every container of the pod).
+#[derive(Debug, Clone, clap::Args)]
+struct Security {
+    /// Environment variable K=V (repeatable).
+    #[arg(long = "env")]
+    envs: Vec<String>,
+    /// The node's PID namespace (hostPID: true) for the sandbox and the containers.
+    #[arg(long)]
+    host_pid: bool,
+    /// capabilities.drop: [ALL]
+    #[arg(long)]
+    drop_all_caps: bool,
+    /// readOnlyRootFilesystem: true
+    #[arg(long)]
+    readonly_rootfs: bool,
+    /// runAsUser (and runAsGroup, the same number).
+    #[arg(long)]
+    run_as_user: Option<i64>,
+    /// allowPrivilegeEscalation: false
+    #[arg(long)]
+    no_new_privs: bool,
+    /// seccompProfile: RuntimeDefault
+    #[arg(long)]
+    seccomp_runtime_default: bool,
 }
 
 fn kubelet_labels(namespace: &str, pod: &str, uid: &str) -> HashMap<String, String> {
@@ -94,10 +133,14 @@ fn kubelet_labels(namespace: &str, pod: &str, uid: &str) -> HashMap<String, Stri
     .collect()
 }
 
-fn namespaces() -> Option<NamespaceOption> {
+fn namespaces(host_pid: bool) -> Option<NamespaceOption> {
     Some(NamespaceOption {
         network: NamespaceMode::Node as i32,
-        pid: NamespaceMode::Container as i32,
+        pid: if host_pid {
+            NamespaceMode::Node as i32
+        } else {
+            NamespaceMode::Container as i32
+        },
         ipc: NamespaceMode::Pod as i32,
         target_id: String::new(),
     })
@@ -141,6 +184,7 @@ async fn pod_up(
     image: &str,
     containers: &[String],
     mounts: &[String],
+    security: &Security,
 ) -> anyhow::Result<()> {
     let specs = containers
         .iter()
@@ -158,11 +202,29 @@ async fn pod_up(
         .map(|m| {
             let (host, container) = m
                 .split_once(':')
-                .with_context(|| format!("--mount {m:?}: want HOST:CONTAINER"))?;
+                .with_context(|| format!("--mount {m:?}: want HOST:CONTAINER[:ro]"))?;
+            let (container, readonly) = match container.strip_suffix(":ro") {
+                Some(c) => (c, true),
+                None => (container, false),
+            };
             Ok(Mount {
                 host_path: host.to_string(),
                 container_path: container.to_string(),
+                readonly,
                 ..Default::default()
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let envs = security
+        .envs
+        .iter()
+        .map(|e| {
+            let (key, value) = e
+                .split_once('=')
+                .with_context(|| format!("--env {e:?}: want K=V"))?;
+            Ok(KeyValue {
+                key: key.to_string(),
+                value: value.to_string(),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -188,7 +250,7 @@ async fn pod_up(
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent,
             security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: namespaces(),
+                namespace_options: namespaces(security.host_pid),
                 ..Default::default()
             }),
             sysctls: HashMap::new(),
@@ -217,6 +279,7 @@ async fn pod_up(
             labels,
             log_path: format!("{}/0.log", spec.name),
             mounts: mounts.clone(),
+            envs: envs.clone(),
             linux: Some(LinuxContainerConfig {
                 resources: Some(LinuxContainerResources {
                     cpu_period: if spec.cpu_limit_millis > 0 {
@@ -229,7 +292,18 @@ async fn pod_up(
                     ..Default::default()
                 }),
                 security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: namespaces(),
+                    namespace_options: namespaces(security.host_pid),
+                    capabilities: security.drop_all_caps.then(|| Capability {
+                        add_capabilities: Vec::new(),
+                        drop_capabilities: vec!["ALL".to_string()],
+                    }),
+                    readonly_rootfs: security.readonly_rootfs,
+                    run_as_user: security.run_as_user.map(|value| Int64Value { value }),
+                    run_as_group: security.run_as_user.map(|value| Int64Value { value }),
+                    no_new_privs: security.no_new_privs,
+                    seccomp: security
+                        .seccomp_runtime_default
+                        .then(SecurityProfile::default),
                     ..Default::default()
                 }),
             }),
@@ -292,6 +366,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             image,
             containers,
             mounts,
+            security,
         } => {
             pod_up(
                 &client,
@@ -303,8 +378,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &image,
                 &containers,
                 &mounts,
+                &security,
             )
             .await
+        }
+        Cmd::StopContainer { id, grace } => {
+            let t0 = Instant::now();
+            client.stop_container(&id, grace).await?;
+            println!("STOPPED {id} {}", t0.elapsed().as_millis());
+            Ok(())
         }
         Cmd::RmContainer { id } => {
             client.stop_container(&id, 0).await?;

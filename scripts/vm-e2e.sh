@@ -47,12 +47,18 @@ done
 # Per-scenario limit inside the VM, and the whole boot's limit on the host.
 per_scenario=${SG_VM_SCENARIO_TIMEOUT:-240}
 # The `cri` scenario (a real containerd) boots on its own, from its own initramfs
-# (scripts/vm/cri-host.sh), with more memory and time.
+# (scripts/vm/cri-host.sh), with more memory and time; so does `cri-image` (the same initramfs
+# plus the agent image of scripts/build-image.sh, run as a CRI pod).
 cri_timeout=${SG_VM_CRI_TIMEOUT:-480}
 cri_wanted=0
+cri_image_wanted=0
 others=()
 for s in "${scenarios[@]}"; do
-	if [[ $s == cri ]]; then cri_wanted=1; else others+=("$s"); fi
+	if [[ $s == cri ]]; then
+		cri_wanted=1
+	elif [[ $s == cri-image ]]; then
+		cri_image_wanted=1
+	else others+=("$s"); fi
 done
 
 sg_host_require
@@ -61,14 +67,21 @@ sg_host_build
 initrd=$SG_VM_CACHE/initramfs-e2e.cpio.gz
 sg_host_initramfs "$initrd"
 sg_host_log "initramfs: $initrd ($(du -h "$initrd" | cut -f1))"
-if ((cri_wanted)); then
+if ((cri_wanted || cri_image_wanted)); then
 	# shellcheck source=scripts/vm/cri-host.sh
 	. "$here/vm/cri-host.sh"
 	sg_cri_host_fetch
 	sg_cri_host_build
+fi
+if ((cri_wanted)); then
 	cri_initrd=$SG_VM_CACHE/initramfs-cri.cpio.gz
 	SG_VM_EXTRA=sg_cri_host_extra sg_host_initramfs "$cri_initrd"
 	sg_host_log "initramfs (cri): $cri_initrd ($(du -h "$cri_initrd" | cut -f1))"
+fi
+if ((cri_image_wanted)); then
+	cri_image_initrd=$SG_VM_CACHE/initramfs-cri-image.cpio.gz
+	SG_VM_EXTRA=sg_cri_host_extra_agent_image sg_host_initramfs "$cri_image_initrd"
+	sg_host_log "initramfs (cri-image): $cri_image_initrd ($(du -h "$cri_image_initrd" | cut -f1))"
 fi
 
 stamp=$(date +%Y%m%d-%H%M%S)
@@ -77,6 +90,8 @@ boot() {
 	local list=$1 n=$2 log rd=$initrd limit=$per_scenario mem=${SG_VM_MEM:-}
 	if [[ $list == cri ]]; then
 		rd=$cri_initrd limit=$cri_timeout mem=${SG_VM_MEM:-1536}
+	elif [[ $list == cri-image ]]; then
+		rd=$cri_image_initrd limit=$cri_timeout mem=${SG_VM_MEM:-1536}
 	fi
 	log=$SG_VM_CACHE/logs/$stamp-${list//,/+}.log
 	if ((${#log} > 200)); then log=$SG_VM_CACHE/logs/$stamp-all.log; fi
@@ -98,6 +113,7 @@ else
 		)" "${#others[@]}"
 	fi
 	if ((cri_wanted)); then boot cri 1; fi
+	if ((cri_image_wanted)); then boot cri-image 1; fi
 fi
 elapsed=$((SECONDS - t0))
 

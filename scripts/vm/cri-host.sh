@@ -12,6 +12,9 @@
 #                        libraries, cri_driver, the image, containerd's config, /sg/cri-lib.sh, and
 #                        the marker that makes /init switch_root into a tmpfs (runc cannot
 #                        pivot_root out of an initramfs)
+#   sg_cri_host_extra_agent_image  the same, plus the agent image of scripts/build-image.sh
+#                        (docker-archive, `sidecar-governor:dev`) at /sg/cri/agent-image.tar for
+#                        the `cri-image` scenario
 
 SG_CRI_CACHE=${SG_CRI_CACHE:-$SG_VM_CACHE/debs}
 SG_CRI_ROOT=${SG_CRI_ROOT:-$SG_VM_CACHE/cri-root}
@@ -144,4 +147,28 @@ EOF
 	printf 'nameserver 127.0.0.1\n' >"$root/etc/resolv.conf"
 	# /init: copy the root into a tmpfs and switch_root there first.
 	touch "$root/sg/switch-root"
+}
+
+# The `cri-image` scenario's initramfs hook: the cri content plus the agent image, assembled by
+# scripts/build-image.sh from the agent binary the VM gets ($SG_VM_AGENT or the release build).
+sg_cri_host_extra_agent_image() {
+	local root=$1
+	sg_cri_host_extra "$root"
+	BIN=${SG_VM_AGENT:-$SG_REPO/target/release/sidecar-governor} \
+		"$SG_REPO/scripts/build-image.sh" --no-build --out "$root/sg/cri/agent-image.tar" >&2 ||
+		sg_host_die "scripts/build-image.sh failed"
+	# The DaemonSet container's args and literal env, one per line (ARG x / ENV K=V), read from
+	# daemonset/daemonset.yaml so the VM runs the image exactly as the manifest does.
+	python3 - "$SG_REPO/daemonset/daemonset.yaml" >"$root/sg/cri/agent-container.txt" <<'PY' ||
+import sys, yaml
+c = yaml.safe_load(open(sys.argv[1]))["spec"]["template"]["spec"]["containers"][0]
+for a in c["args"]:
+    print("ARG " + a)
+for e in c.get("env", []):
+    if "value" in e:
+        print("ENV %s=%s" % (e["name"], e["value"]))
+for m in c.get("volumeMounts", []):
+    print("MOUNT %s %s" % (m["mountPath"], "ro" if m.get("readOnly") else "rw"))
+PY
+		sg_host_die "cannot read daemonset/daemonset.yaml (python3-yaml)"
 }
