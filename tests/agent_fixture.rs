@@ -554,3 +554,35 @@ fn above_the_limit_only_when_allowed_with_the_pod_raised_and_restored() {
         assert_eq!(c.pod_cpu_max(), "60000 100000", "pod restored");
     }
 }
+
+#[test]
+fn inside_a_cgroup_namespace_paths_are_resolved_from_its_root() {
+    // The agent runs in a pod of its own with a private cgroup namespace (the cgroup v2
+    // default): /proc/PID/cgroup of a sidecar in another pod of the same QoS class reads
+    // `/../../pod<uid>/<id>`, with no kubepods component to re-anchor at.
+    let mut node = Node::new();
+    let agent = node.container(9, 9, "50000 100000");
+    std::fs::write(agent.dir.join("cgroup.procs"), "4242\n").unwrap();
+    node.process_with_pid(
+        4242,
+        "/",
+        "sidecar-governo",
+        &["sidecar-governor", "run"],
+        1,
+    );
+    std::os::unix::fs::symlink("4242", node.proc.join("self")).unwrap();
+    node.process_with_pid(1, "/../../../../init.scope", "systemd", &["/sbin/init"], 0);
+    let mut c = node.container(1, 1, TWO_CORES);
+    let rel = format!("/../../pod{}/{}", c.pod_uid, c.id);
+    node.process_with_pid(5000, &rel, "envoy", &["envoy"], 1);
+    c.pid = Some(5000);
+    let mut h = Harness::new(&node, policy(), false);
+    run(&mut h, &mut [&mut c], 45, |_, _| 1);
+    assert_eq!(h.agent.governed(), vec![c.rel.clone()]);
+    assert_eq!(c.quota_millis(), Some(100));
+    assert_eq!(
+        agent.cpu_max(),
+        "50000 100000",
+        "the agent's own cgroup is not a proxy"
+    );
+}

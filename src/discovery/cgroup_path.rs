@@ -111,6 +111,32 @@ pub fn parse_proc_cgroup(text: &str) -> Option<&str> {
     text.lines().find_map(|l| l.strip_prefix("0::"))
 }
 
+/// Joins a `/proc/PID/cgroup` path read inside a cgroup namespace to the host path of that
+/// namespace's root (`ns_root`, relative to the cgroup root): `/../../pod<uid>/<id>` read by an
+/// agent whose namespace root is `kubepods/burstable/pod<a>/<b>` is
+/// `kubepods/burstable/pod<uid>/<id>`. `None` when it would climb above the cgroup root.
+pub fn join_ns_path(ns_root: &str, path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = ns_root.split('/').filter(|p| !p.is_empty()).collect();
+    for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        if part == ".." {
+            parts.pop()?;
+        } else {
+            parts.push(part);
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
+/// How many levels a `/proc/PID/cgroup` path climbs above the reader's cgroup namespace root
+/// (its leading `..` components): the depth of that root in the host hierarchy when the
+/// process is in the host's root cgroup (as init is).
+pub fn climb_depth(path: &str) -> usize {
+    path.split('/')
+        .filter(|p| !p.is_empty())
+        .take_while(|p| *p == "..")
+        .count()
+}
+
 /// Resolves a `/proc/PID/cgroup` path against the cgroup root as the host sees it. Inside a
 /// cgroup namespace the path can start with `/../..`: those components are dropped and the
 /// rest is matched from its `kubepods` component on, so it never escapes the root.
@@ -218,6 +244,32 @@ mod tests {
             Some("/bar")
         );
         assert_eq!(parse_proc_cgroup("4:memory:/foo\n"), None);
+    }
+
+    #[test]
+    fn namespaced_paths_join_the_namespace_root() {
+        let root = "kubepods/burstable/podaaaa/agentid";
+        assert_eq!(
+            join_ns_path(root, "/../../podbbbb/envoyid").as_deref(),
+            Some("kubepods/burstable/podbbbb/envoyid")
+        );
+        assert_eq!(
+            join_ns_path(root, "/../../../besteffort/podc/x").as_deref(),
+            Some("kubepods/besteffort/podc/x")
+        );
+        assert_eq!(join_ns_path(root, "/").as_deref(), Some(root));
+        assert_eq!(
+            join_ns_path("a/b", "/../../../x"),
+            None,
+            "never above the root"
+        );
+        assert_eq!(
+            join_ns_path("", "/kubepods/x").as_deref(),
+            Some("kubepods/x")
+        );
+        assert_eq!(climb_depth("/../../../init.scope"), 3);
+        assert_eq!(climb_depth("/init.scope"), 0);
+        assert_eq!(climb_depth("/../.."), 2);
     }
 
     #[test]

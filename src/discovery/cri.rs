@@ -26,9 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::cgroup_path::{
-    ContainerPath, parse_container_path, parse_proc_cgroup, resolve_proc_path,
-};
+use super::cgroup_path::{ContainerPath, parse_container_path, parse_proc_cgroup};
 use super::procfs::{Examined, ProcfsDiscovery};
 use super::{Discovery, DiscoveryError, Proxy, Source};
 use crate::cri::client::{CriClient, CriError, CriTarget};
@@ -307,7 +305,7 @@ impl CriDiscovery {
             std::fs::read_to_string(self.procfs.proc_root().join(pid.to_string()).join("cgroup"))
                 .ok()?;
         parse_proc_cgroup(&text)
-            .and_then(resolve_proc_path)
+            .and_then(|p| self.procfs.host_cgroup_path(p))
             .and_then(|rel| parse_container_path(&rel))
     }
 }

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use tracing::debug;
 
-use super::cgroup_path::{parse_container_path, parse_proc_cgroup, resolve_proc_path};
+use super::cgroup_path::{
+    climb_depth, join_ns_path, parse_container_path, parse_proc_cgroup, resolve_proc_path,
+};
 use super::{Discovery, DiscoveryError, Proxy, Source, concurrency_from_args, is_gateway_args};
 use crate::policy::{MatchPolicy, PodControl};
 
@@ -29,6 +31,9 @@ pub enum Examined {
 pub struct ProcfsDiscovery {
     proc_root: PathBuf,
     cgroup_root: PathBuf,
+    /// Where this process's cgroup namespace root sits in the host hierarchy (found once, the
+    /// first time a path climbs out of it); `None` inside: not namespaced, or not found.
+    ns_root: std::sync::Arc<std::sync::OnceLock<Option<String>>>,
     /// Include gateways and waypoints (`pilot-agent proxy router|waypoint`).
     pub include_gateways: bool,
 }
@@ -52,8 +57,72 @@ impl ProcfsDiscovery {
         Self {
             proc_root: proc_root.into(),
             cgroup_root: cgroup_root.into(),
+            ns_root: Default::default(),
             include_gateways: false,
         }
+    }
+
+    /// The host path of a `/proc/PID/cgroup` path, relative to the cgroup root. Inside a
+    /// cgroup namespace (a DaemonSet pod on cgroup v2 has its own) paths climb out of the
+    /// namespace root with `..`: they are joined to that root's host path, found once by
+    /// looking for this process in the cgroup tree; failing that, re-anchored at their
+    /// `kubepods` component.
+    pub fn host_cgroup_path(&self, path: &str) -> Option<String> {
+        if climb_depth(path) == 0 {
+            return resolve_proc_path(path);
+        }
+        match self.ns_root.get_or_init(|| self.find_ns_root()) {
+            Some(root) => join_ns_path(root, path),
+            None => resolve_proc_path(path),
+        }
+    }
+
+    /// The host path of this process's cgroup namespace root: how deep it is, from how far
+    /// init's cgroup climbs; which directory at that depth, from whose `cgroup.procs` lists
+    /// this process (its PID as the proc root's PID namespace numbers it, i.e. the host's with
+    /// hostPID). Read once.
+    fn find_ns_root(&self) -> Option<String> {
+        let me = std::fs::read_link(self.proc_root.join("self")).ok()?;
+        let me = me.to_str()?.to_string();
+        let init = String::from_utf8(self.read("1", "cgroup")?).ok()?;
+        let depth = climb_depth(parse_proc_cgroup(&init)?);
+        let mut level = vec![String::new()];
+        for _ in 0..depth {
+            let mut next = Vec::new();
+            for rel in &level {
+                let Ok(entries) = std::fs::read_dir(self.cgroup_root.join(rel)) else {
+                    continue;
+                };
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir())
+                        && let Some(name) = e.file_name().to_str()
+                    {
+                        next.push(if rel.is_empty() {
+                            name.to_string()
+                        } else {
+                            format!("{rel}/{name}")
+                        });
+                    }
+                }
+            }
+            level = next;
+        }
+        let found = level.into_iter().find(|rel| {
+            std::fs::read_to_string(self.cgroup_root.join(rel).join("cgroup.procs"))
+                .is_ok_and(|procs| procs.lines().any(|l| l.trim() == me))
+        });
+        match &found {
+            Some(root) => tracing::info!(
+                cgroup_namespace_root = root,
+                "in a cgroup namespace: /proc paths are resolved from its root"
+            ),
+            None => tracing::warn!(
+                depth,
+                "in a cgroup namespace whose root was not found in the cgroup tree; \
+                 /proc paths are re-anchored at their kubepods component"
+            ),
+        }
+        found
     }
 
     fn read(&self, pid: &str, name: &str) -> Option<Vec<u8>> {
@@ -83,7 +152,8 @@ impl ProcfsDiscovery {
             return Examined::NotProxy;
         };
         let cgroup_text = String::from_utf8_lossy(&cgroup_raw);
-        let Some(rel) = parse_proc_cgroup(&cgroup_text).and_then(resolve_proc_path) else {
+        let Some(rel) = parse_proc_cgroup(&cgroup_text).and_then(|p| self.host_cgroup_path(p))
+        else {
             debug!(
                 pid,
                 comm, "proxy process outside any resolvable cgroup; skipped"
