@@ -67,8 +67,14 @@ impl CpuBounds {
 pub struct CpuState {
     /// How long usage has stayed low without throttling.
     pub quiet_for: Duration,
-    /// Highest usage seen during that quiet stretch, in millicores.
+    /// Highest usage in the current window of the quiet stretch, in millicores.
     pub quiet_peak_millis: f64,
+    /// Highest usage in the previous window. The peak a shrink respects is the larger of the
+    /// two: usage of the last one to two `scaleDownAfter`s, so the tick a busy proxy went
+    /// idle does not pin its quota for as long as it stays idle.
+    pub previous_peak_millis: f64,
+    /// Time into the current window.
+    pub window: Duration,
 }
 
 impl CpuState {
@@ -149,10 +155,17 @@ pub fn decide_cpu(
     if utilization < p.scale_down_utilization && obs.throttled_ratio == 0.0 {
         state.quiet_for += obs.elapsed;
         state.quiet_peak_millis = state.quiet_peak_millis.max(usage);
+        state.window += obs.elapsed;
+        let peak = state.quiet_peak_millis.max(state.previous_peak_millis);
+        if state.window >= p.scale_down_after {
+            state.previous_peak_millis = state.quiet_peak_millis;
+            state.quiet_peak_millis = 0.0;
+            state.window = Duration::ZERO;
+        }
         if state.quiet_for < p.scale_down_after {
             return None;
         }
-        let sized = state.quiet_peak_millis / p.target_utilization;
+        let sized = peak / p.target_utilization;
         let stepped = quota * (1.0 - p.step_down);
         let want = (sized.max(stepped).ceil() as u64).clamp(bounds.floor, bounds.ceiling);
         // Skip changes under 1% (or 1m): they buy nothing and churn the file.
@@ -462,6 +475,21 @@ mod tests {
         }
         // max(peak 400 / 0.6, 1000 * 0.5) = 667
         assert_eq!(last.unwrap().quota_millis, 667);
+    }
+
+    #[test]
+    fn a_busy_proxy_that_goes_idle_reaches_the_floor() {
+        // Busy at 1.2 cores, then idle: the tick it stopped (partial usage 700m) counts as
+        // quiet but must not pin the quota at 700/0.6 while it stays idle.
+        let trace = simulate(2000, 150, |t, q| {
+            let u = match t {
+                0..10 => 1200.0,
+                10 => 700.0,
+                _ => 5.0,
+            };
+            ((q as f64).min(u), 0.0, 0.0)
+        });
+        assert_eq!(trace.last().unwrap().0, 100, "{:?}", &trace[100..]);
     }
 
     #[test]

@@ -71,6 +71,20 @@ pub struct MemoryState {
     pub quiet_for: Duration,
     /// Time since the last downward probe.
     pub since_probe: Duration,
+    /// `memory.current` at the previous tick: how fast use grows sets how early the limit
+    /// is raised.
+    pub last_current: u64,
+}
+
+/// Room to keep between unreclaimable memory and the limit: the margin, or two ticks of the
+/// current growth if that is more (a proxy growing faster must be raised earlier).
+fn room(state: &MemoryState, current: u64, p: &MemoryPolicy) -> u64 {
+    let growth = if state.last_current == 0 {
+        0
+    } else {
+        current.saturating_sub(state.last_current)
+    };
+    p.margin_bytes.max(growth.saturating_mul(2))
 }
 
 /// What to do to a proxy's memory.
@@ -110,7 +124,7 @@ pub fn wants_stat(
         None => false,
         Some(h) => {
             current as f64 >= h as f64 * (1.0 - p.headroom / 2.0)
-                || current.saturating_add(p.margin_bytes.saturating_mul(2)) >= h
+                || current.saturating_add(room(state, current, p).saturating_mul(2)) >= h
                 || (state.quiet_for + elapsed >= p.scale_down_after
                     && state.since_probe + elapsed >= p.probe_interval)
         }
@@ -143,6 +157,8 @@ pub fn decide_memory(
 ) -> Option<MemoryDecision> {
     state.watched_for += obs.elapsed;
     state.peak = state.peak.max(obs.current);
+    let room = room(state, obs.current, p);
+    state.last_current = obs.current;
     let pressure = obs.pressure_some.unwrap_or(0.0);
     let headroom = |bytes: u64| (bytes as f64 * (1.0 + p.headroom)) as u64;
 
@@ -200,13 +216,10 @@ pub fn decide_memory(
     // above it) before it stalls. The trigger is the same line the downward probe stops at
     // (unreclaimable + margin), so the two never chase each other.
     if let Some(stat) = &obs.stat
-        && stat.unreclaimable().saturating_add(p.margin_bytes) > high
+        && stat.unreclaimable().saturating_add(room) > high
     {
         let need = headroom(stat.unreclaimable())
-            .max(
-                stat.unreclaimable()
-                    .saturating_add(p.margin_bytes.saturating_mul(2)),
-            )
+            .max(stat.unreclaimable().saturating_add(room.saturating_mul(2)))
             .min(bounds.ceiling);
         if need > high {
             state.quiet_for = Duration::ZERO;
@@ -513,6 +526,33 @@ mod tests {
         }
         assert_eq!(ups, 0);
         assert_eq!(high, 200 * MI + p.margin_bytes);
+    }
+
+    #[test]
+    fn fast_growth_is_met_earlier_than_the_margin() {
+        // 40 MiB per tick (over twice the 16 MiB margin), already growing when the window
+        // starts: the limit still stays ahead.
+        let p = policy();
+        let mut s = MemoryState {
+            watched_for: p.settle_after,
+            placed: true,
+            last_current: 60 * MI,
+            ..Default::default()
+        };
+        let mut high = 125 * MI;
+        for t in 0..=10u64 {
+            let anon = 100 * MI + t * 40 * MI;
+            assert!(anon <= high, "tick {t}: anon {anon} over high {high}");
+            let need = wants_stat(&s, TICK, anon, Some(high), &p);
+            let o = obs(anon, Some(high), need.then_some(stat(anon, 0)));
+            if let Some(MemoryDecision {
+                action: MemoryAction::SetHigh(h),
+                ..
+            }) = decide_memory(&mut s, &o, bounds(), &p)
+            {
+                high = h;
+            }
+        }
     }
 
     #[test]
