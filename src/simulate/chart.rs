@@ -90,6 +90,74 @@ pub fn render_svg(series: &Series) -> Result<String, ChartError> {
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
+/// One panel: a resource's demand, the limit the policy kept, and the original limit dashed.
+struct Panel<'a> {
+    caption: &'a str,
+    unit: &'a str,
+    demand: Vec<(f64, f64)>,
+    limit: Vec<(f64, f64)>,
+    limit_label: &'a str,
+    original: f64,
+    original_label: &'a str,
+}
+
+fn draw_panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    (start, end): (f64, f64),
+    panel: Panel<'_>,
+) -> DrawResult {
+    let top = panel
+        .demand
+        .iter()
+        .chain(&panel.limit)
+        .map(|p| p.1)
+        .fold(panel.original, f64::max)
+        * 1.08;
+    let mut chart = ChartBuilder::on(area)
+        .margin(12)
+        .margin_right(28)
+        .x_label_area_size(32)
+        .y_label_area_size(64)
+        .caption(panel.caption, ("sans-serif", 16))
+        .build_cartesian_2d(start..end, 0.0..top.max(1.0))?;
+    chart
+        .configure_mesh()
+        .x_desc("time (s)")
+        .y_desc(panel.unit)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()?;
+    let orange = RGBColor(230, 120, 20);
+    let blue = RGBColor(31, 100, 180);
+    let grey = RGBColor(120, 120, 120);
+    let original = panel.original;
+    chart
+        .draw_series(LineSeries::new(panel.demand, blue.stroke_width(1)))?
+        .label("demand")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue));
+    chart
+        .draw_series(LineSeries::new(panel.limit, orange.stroke_width(2)))?
+        .label(panel.limit_label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], orange));
+    chart
+        .draw_series(DashedLineSeries::new(
+            vec![(start, original), (end, original)],
+            8,
+            6,
+            grey.stroke_width(1),
+        ))?
+        .label(panel.original_label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 fn draw(series: &Series, svg: &mut String) -> DrawResult {
     let pts = &series.points;
     let end = pts.last().map_or(1.0, |p| p.end_s).max(1.0);
@@ -101,107 +169,32 @@ fn draw(series: &Series, svg: &mut String) -> DrawResult {
         ("sans-serif", 20),
     )?;
     let (upper, lower) = root.split_vertically(HEIGHT / 2 - 15);
-
-    // CPU, millicores.
-    let cpu_demand = demand(pts, |p| p.cpu_demand_millis);
-    let cpu_quota = steps(pts, |p| p.cpu_quota_millis);
-    let cpu_top = cpu_demand
-        .iter()
-        .chain(&cpu_quota)
-        .map(|p| p.1)
-        .fold(series.cpu_original_millis as f64, f64::max)
-        * 1.08;
-    let original = series.cpu_original_millis as f64;
-    let mut chart = ChartBuilder::on(&upper)
-        .margin(12)
-        .margin_right(28)
-        .x_label_area_size(32)
-        .y_label_area_size(64)
-        .caption("CPU: demand vs cpu.max quota", ("sans-serif", 16))
-        .build_cartesian_2d(start..end, 0.0..cpu_top.max(1.0))?;
-    chart
-        .configure_mesh()
-        .x_desc("time (s)")
-        .y_desc("millicores")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()?;
-    let orange = RGBColor(230, 120, 20);
-    let blue = RGBColor(31, 100, 180);
-    let grey = RGBColor(120, 120, 120);
-    chart
-        .draw_series(LineSeries::new(cpu_demand, blue.stroke_width(1)))?
-        .label("demand")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue));
-    chart
-        .draw_series(LineSeries::new(cpu_quota, orange.stroke_width(2)))?
-        .label("quota in force (policy)")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], orange));
-    chart
-        .draw_series(DashedLineSeries::new(
-            vec![(start, original), (end, original)],
-            8,
-            6,
-            grey.stroke_width(1),
-        ))?
-        .label("original limit")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
-
-    // Memory, MiB.
-    let mem_demand = demand(pts, |p| p.memory_demand_bytes / MIB);
-    let mem_limit = steps(pts, |p| p.memory_limit_bytes / MIB);
-    let original = series.memory_original_bytes as f64 / MIB;
-    let mem_top = mem_demand
-        .iter()
-        .chain(&mem_limit)
-        .map(|p| p.1)
-        .fold(original, f64::max)
-        * 1.08;
-    let mut chart = ChartBuilder::on(&lower)
-        .margin(12)
-        .margin_right(28)
-        .x_label_area_size(32)
-        .y_label_area_size(64)
-        .caption("memory: demand vs memory.high", ("sans-serif", 16))
-        .build_cartesian_2d(start..end, 0.0..mem_top.max(1.0))?;
-    chart
-        .configure_mesh()
-        .x_desc("time (s)")
-        .y_desc("MiB")
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()?;
-    chart
-        .draw_series(LineSeries::new(mem_demand, blue.stroke_width(1)))?
-        .label("demand")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue));
-    chart
-        .draw_series(LineSeries::new(mem_limit, orange.stroke_width(2)))?
-        .label("memory.high in force (policy)")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], orange));
-    chart
-        .draw_series(DashedLineSeries::new(
-            vec![(start, original), (end, original)],
-            8,
-            6,
-            grey.stroke_width(1),
-        ))?
-        .label("original memory.max")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    draw_panel(
+        &upper,
+        (start, end),
+        Panel {
+            caption: "CPU: demand vs cpu.max quota",
+            unit: "millicores",
+            demand: demand(pts, |p| p.cpu_demand_millis),
+            limit: steps(pts, |p| p.cpu_quota_millis),
+            limit_label: "quota in force (policy)",
+            original: series.cpu_original_millis as f64,
+            original_label: "original limit",
+        },
+    )?;
+    draw_panel(
+        &lower,
+        (start, end),
+        Panel {
+            caption: "memory: demand vs memory.high",
+            unit: "MiB",
+            demand: demand(pts, |p| p.memory_demand_bytes / MIB),
+            limit: steps(pts, |p| p.memory_limit_bytes / MIB),
+            limit_label: "memory.high in force (policy)",
+            original: series.memory_original_bytes as f64 / MIB,
+            original_label: "original memory.max",
+        },
+    )?;
     root.present()?;
     Ok(())
 }
