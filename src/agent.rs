@@ -781,13 +781,7 @@ impl Agent {
                     warn!(cgroup = key, error = %e, "cpu.max write failed");
                     self.shared.metrics.error(e.kind());
                     // What is in the file now is unknown: read it again next tick.
-                    g.written = crate::cgroup::read_value(
-                        &g.proxy.dir,
-                        "cpu.max",
-                        crate::cgroup::parse::parse_cpu_max,
-                    )
-                    .ok()
-                    .filter(|m| *m != g.original);
+                    g.written = read_cpu_max(&g.proxy.dir).ok().filter(|m| *m != g.original);
                     return true;
                 }
             }

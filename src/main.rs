@@ -121,40 +121,7 @@ struct Roots {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the agent until SIGTERM/SIGINT.
-    Run {
-        /// Policy file (YAML). Without it the built-in defaults apply.
-        #[arg(long, env = "SG_CONFIG")]
-        config: Option<PathBuf>,
-        #[command(flatten)]
-        roots: Roots,
-        /// Where the journal of original limits is kept (must survive restarts).
-        #[arg(
-            long,
-            env = "SG_STATE_DIR",
-            default_value = "/var/lib/sidecar-governor"
-        )]
-        state_dir: PathBuf,
-        /// Address of the metrics/health endpoint.
-        #[arg(long, env = "SG_LISTEN", default_value = "0.0.0.0:9477")]
-        listen: SocketAddr,
-        /// How proxies are found.
-        #[arg(long, env = "SG_DISCOVERY", value_enum, default_value_t = DiscoveryMode::Auto)]
-        discovery: DiscoveryMode,
-        #[command(flatten)]
-        cri: CriArgs,
-        /// Decide and export, write nothing (overrides the policy's dryRun).
-        #[arg(long, env = "SG_DRY_RUN")]
-        dry_run: bool,
-        /// Stop after this many ticks (benchmarks and tests).
-        #[arg(long, hide = true)]
-        max_ticks: Option<u64>,
-        /// Kubernetes Events on governed pods.
-        #[arg(long, env = "SG_EVENTS", value_enum, default_value_t = Events::Auto)]
-        events: Events,
-        /// Re-read the policy file this often even without a change notification (seconds).
-        #[arg(long, env = "SG_CONFIG_POLL_SECONDS", default_value_t = 30)]
-        config_poll_seconds: u64,
-    },
+    Run(RunArgs),
     /// Print a live table of the proxies a running agent governs (from its /debug/proxies).
     Status {
         /// The agent's HTTP endpoint.
@@ -244,29 +211,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Cmd::Run {
-            config,
-            roots,
-            state_dir,
-            listen,
-            discovery,
-            cri,
-            dry_run,
-            max_ticks,
-            events,
-            config_poll_seconds,
-        } => run(RunArgs {
-            config,
-            roots,
-            state_dir,
-            listen,
-            discovery,
-            cri,
-            dry_run,
-            max_ticks,
-            events,
-            config_poll: Duration::from_secs(config_poll_seconds.max(1)),
-        }),
+        Cmd::Run(args) => run(args),
         Cmd::Status { endpoint, json } => status(&endpoint, json),
         Cmd::Discover {
             roots,
@@ -327,17 +272,41 @@ fn check_config(file: &Path) -> ExitCode {
     }
 }
 
+/// `run`'s flags.
+#[derive(Debug, clap::Args)]
 struct RunArgs {
+    /// Policy file (YAML). Without it the built-in defaults apply.
+    #[arg(long, env = "SG_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
     roots: Roots,
+    /// Where the journal of original limits is kept (must survive restarts).
+    #[arg(
+        long,
+        env = "SG_STATE_DIR",
+        default_value = "/var/lib/sidecar-governor"
+    )]
     state_dir: PathBuf,
+    /// Address of the metrics/health endpoint.
+    #[arg(long, env = "SG_LISTEN", default_value = "0.0.0.0:9477")]
     listen: SocketAddr,
+    /// How proxies are found.
+    #[arg(long, env = "SG_DISCOVERY", value_enum, default_value_t = DiscoveryMode::Auto)]
     discovery: DiscoveryMode,
+    #[command(flatten)]
     cri: CriArgs,
+    /// Decide and export, write nothing (overrides the policy's dryRun).
+    #[arg(long, env = "SG_DRY_RUN")]
     dry_run: bool,
+    /// Stop after this many ticks (benchmarks and tests).
+    #[arg(long, hide = true)]
     max_ticks: Option<u64>,
+    /// Kubernetes Events on governed pods.
+    #[arg(long, env = "SG_EVENTS", value_enum, default_value_t = Events::Auto)]
     events: Events,
-    config_poll: Duration,
+    /// Re-read the policy file this often even without a change notification (seconds).
+    #[arg(long, env = "SG_CONFIG_POLL_SECONDS", default_value_t = 30)]
+    config_poll_seconds: u64,
 }
 
 /// The discovery source for `mode`: procfs alone, or CRI with the procfs fallback (`auto`
@@ -480,7 +449,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 shared.clone(),
             );
             let timing = ReloadTiming {
-                fallback: args.config_poll,
+                fallback: Duration::from_secs(args.config_poll_seconds.max(1)),
                 ..ReloadTiming::default()
             };
             Some(reload::spawn(reloader, timing)?)
