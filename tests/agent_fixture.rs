@@ -109,8 +109,17 @@ fn one_idle_proxy_shrinks_to_the_floor_and_the_app_is_untouched() {
     assert_eq!(app.cpu_max(), "100000 100000", "app never written");
     assert_eq!(envoy.pod_cpu_max(), pod_before, "pod cgroup never written");
     let journal = Journal::load(&node.state).unwrap();
-    assert_eq!(journal.get(&envoy.rel).unwrap().cpu_max, TWO_CORES);
-    assert!(journal.get(&app.rel).is_none());
+    assert_eq!(
+        journal
+            .container(&envoy.rel)
+            .unwrap()
+            .cpu_max
+            .original
+            .0
+            .to_string(),
+        TWO_CORES
+    );
+    assert!(journal.container(&app.rel).is_none());
     let m = h.metrics();
     assert!(m.contains("sidecar_governor_proxies 1"), "{m}");
     assert!(
@@ -466,7 +475,12 @@ fn memory_high_is_placed_after_settling_journaled_and_restored() {
     );
     let journal = Journal::load(&node.state).unwrap();
     assert_eq!(
-        journal.get(&envoy.rel).unwrap().memory_high.as_deref(),
+        journal
+            .container(&envoy.rel)
+            .unwrap()
+            .memory_high
+            .map(|m| m.original.to_string())
+            .as_deref(),
         Some("max")
     );
     let m = h.metrics();
