@@ -618,16 +618,14 @@ impl Agent {
             "changed by someone else (kubelet resize or an operator); adopting it as the original"
         );
         self.shared.metrics.conflicts.inc();
-        self.events.emit(PodEvent {
-            namespace: g.proxy.namespace.clone(),
-            pod: g.proxy.pod.clone(),
-            pod_uid: g.proxy.pod_uid.clone(),
-            reason: EventReason::Conflict,
-            message: format!(
+        self.events.emit(PodEvent::about(
+            &g.proxy,
+            EventReason::Conflict,
+            format!(
                 "{what} of container {} changed by someone else: adopted as the original; backing off",
                 g.proxy.container
             ),
-        });
+        ));
         g.cpu = CpuState::default();
         g.backoff_until = Some(now + self.policy.cpu.conflict_backoff);
         if let Some(m) = g.mem.as_mut() {
@@ -981,12 +979,10 @@ impl Agent {
             _ => None,
         };
         if let Some(event) = event {
-            self.events.emit(PodEvent {
-                namespace: g.proxy.namespace.clone(),
-                pod: g.proxy.pod.clone(),
-                pod_uid: g.proxy.pod_uid.clone(),
-                reason: event,
-                message: format!(
+            self.events.emit(PodEvent::about(
+                &g.proxy,
+                event,
+                format!(
                     "CPU quota of container {} {} {} -> {} ({reason}; usage {}m, throttled {:.0}%)",
                     g.proxy.container,
                     if event == EventReason::ScaledUp {
@@ -999,7 +995,7 @@ impl Agent {
                     p.obs.usage_millis.round(),
                     p.obs.throttled_ratio * 100.0
                 ),
-            });
+            ));
         }
         info!(
             cgroup = p.key,

@@ -73,6 +73,19 @@ pub struct PodEvent {
     pub message: String,
 }
 
+impl PodEvent {
+    /// An Event about the pod of `proxy`.
+    pub fn about(proxy: &crate::discovery::Proxy, reason: EventReason, message: String) -> Self {
+        PodEvent {
+            namespace: proxy.namespace.clone(),
+            pod: proxy.pod.clone(),
+            pod_uid: proxy.pod_uid.clone(),
+            reason,
+            message,
+        }
+    }
+}
+
 /// Where the control loop sends Events. Implementations must never block.
 pub trait EventSink: Send + Sync + fmt::Debug {
     /// Offers one Event; it may be rate-limited or dropped.

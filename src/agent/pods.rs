@@ -98,16 +98,14 @@ impl Agent {
                     g.backoff_until = Some(backoff);
                     if !told {
                         told = true;
-                        self.events.emit(PodEvent {
-                            namespace: g.proxy.namespace.clone(),
-                            pod: g.proxy.pod.clone(),
-                            pod_uid: g.proxy.pod_uid.clone(),
-                            reason: EventReason::Conflict,
-                            message: format!(
+                        self.events.emit(PodEvent::about(
+                            &g.proxy,
+                            EventReason::Conflict,
+                            format!(
                                 "the pod's cpu.max changed by someone else (found {}): adopted as its original; backing off",
                                 found.0
                             ),
-                        });
+                        ));
                     }
                 }
             }
