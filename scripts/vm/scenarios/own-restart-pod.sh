@@ -67,8 +67,8 @@ while [ $i -le 3 ]; do
 	fi
 	i=$((i + 1))
 done
-sg_agent_stop TERM 10
 sg_trace_stop
+sg_agent_stop TERM 10
 peak=$(sg_trace_max POD)
 sg_check "the pod's quota never above ${BOUND}m over three containers (peak ${peak}m)" [ "$peak" -le "$BOUND" ]
 sg_expect "agent exit code on SIGTERM" "$SG_AGENT_RC" 0

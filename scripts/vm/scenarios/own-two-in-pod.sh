@@ -57,8 +57,8 @@ if sg_wait 30 sg_quota_at_least "$C2" 50001; then
 else
 	sg_fail "linkerd2-proxy not raised above its limit within 30 s ($(sg_cpu_max "$C2"), pod $(sg_cpu_max "$POD"))"
 fi
-sg_agent_stop TERM 10
 sg_trace_stop
+sg_agent_stop TERM 10
 peak=$(sg_trace_max POD)
 sg_check "the pod's quota never above ${BOUND}m (peak ${peak}m)" [ "$peak" -le "$BOUND" ]
 sg_expect "agent exit code on SIGTERM" "$SG_AGENT_RC" 0
