@@ -28,6 +28,8 @@ sg_spawn "$C2" linkerd /usr/local/bin/linkerd2-proxy --mode idle --control "$CTL
 sg_spawn "$APP" app /bin/app --mode idle
 for d in "$C1" "$C2" "$POD"; do sg_save_dir "$d"; done
 sg_expect "pod cpu.max as kubelet wrote it" "$(sg_cpu_max "$POD")" "$POD_ORIG"
+sg_expect "envoy cpu.max as kubelet wrote it" "$(sg_cpu_max "$C1")" "$C_ORIG"
+sg_expect "linkerd2-proxy cpu.max as kubelet wrote it" "$(sg_cpu_max "$C2")" "$C_ORIG"
 sg_untouched_snapshot "$APP" >"$SG_RUN/untouched.own.before"
 
 sg_policy_write <<'EOT'
