@@ -3,7 +3,8 @@
 # Issue 8, case 6, real kernel: a change made while the agent is down is an outside change, not
 # the agent's own write. The agent shrinks an idle proxy (original "200000 100000", 2 cores), is killed
 # with SIGKILL, and "300000 100000" is written to the proxy's cpu.max while it is down (a kubelet
-# resize to 3 cores). The agent is started again (cpu.conflictBackoff 5s). Asserted: conflicts_total >= 1
+# resize to 3 cores; the policy's cpu.max is 4 cores, so 3 is within every bound). The agent is
+# started again (cpu.conflictBackoff 5s). Asserted: conflicts_total >= 1
 # after the restart; the value is left alone through the back-off; the agent then governs within
 # it (the idle proxy shrinks again, never above 3000m); after SIGTERM (exit 0) cpu.max is exactly
 # "300000 100000".
@@ -20,7 +21,7 @@ sg_policy_write <<'EOT'
 interval: 1s
 cpu:
   min: 100m
-  max: "2"
+  max: "4"
   scaleDownAfter: 2s
   stepDown: 0.5
   conflictBackoff: 5s
