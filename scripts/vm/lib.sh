@@ -536,3 +536,8 @@ sg_container_gone() {
 	for _p in $_pids; do kill -9 "$_p" 2>/dev/null || true; done
 	for _p in $_pids; do sg_wait 5 sh -c "! kill -0 $_p 2>/dev/null" || true; done
 }
+
+# The agent's log since its last sg_agent_start.
+sg_agent_log_last() {
+	awk '/^--- agent start / { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }' "$SG_RUN/agent.log"
+}
