@@ -1,17 +1,39 @@
 //! The actuator: the only code that writes cgroup files. Every value is validated against the
 //! kernel's bounds before it is written, written whole in one `write(2)`, and read back to
-//! confirm; restoring from the journal goes through the same path.
+//! confirm. Restoring goes through the same path and puts back only what the agent owns:
+//! each file is read first and classified against its ownership record, so a value someone
+//! else wrote after the agent is left as it is.
 
 use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use std::time::Duration;
-
 use crate::cgroup::parse::{parse_cpu_max, parse_u64_or_max};
 use crate::cgroup::{CgroupError, CpuMax, read_value, write_once, write_verified};
-use crate::discovery::cgroup_path::parse_container_path;
-use crate::journal::{Entry, Journal, JournalError};
+use crate::discovery::cgroup_path::{parse_container_path, pod_uid_of};
+use crate::journal::{Journal, JournalError};
+use crate::ownership::{ContainerRecord, CpuMaxValue, Found, Limit, PodRecord};
+
+/// The kernel's page size: `memory.high` is stored in whole pages (4 KiB on x86-64, 16 or
+/// 64 KiB on some arm64 kernels), so values are rounded down to it before writing.
+pub fn page_size() -> u64 {
+    static PAGE: OnceLock<u64> = OnceLock::new();
+    *PAGE.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .and_then(|p| u64::try_from(p).ok())
+            .filter(|p| p.is_power_of_two())
+            .unwrap_or(4096)
+    })
+}
+
+/// `bytes` rounded down to whole pages, as the kernel stores `memory.high`.
+pub fn page_align(bytes: u64) -> u64 {
+    bytes & !(page_size() - 1)
+}
 
 /// Writes `value` to `dir/cpu.max` after validating it; returns what the kernel holds now.
 pub fn write_cpu_max(dir: &Path, value: &CpuMax) -> Result<CpuMax, CgroupError> {
@@ -24,18 +46,23 @@ pub fn write_cpu_max(dir: &Path, value: &CpuMax) -> Result<CpuMax, CgroupError> 
     write_verified(dir, "cpu.max", &text, value, parse_cpu_max)
 }
 
-/// Sets the quota of `dir` to `millis` millicores, keeping the period of `current`.
-pub fn set_cpu_quota(dir: &Path, current: &CpuMax, millis: u64) -> Result<CpuMax, CgroupError> {
-    set_cpu(dir, current, millis, 0.0).map(|(m, _)| m)
+/// Reads a cgroup's `cpu.max`.
+pub fn read_cpu_max(dir: &Path) -> Result<CpuMax, CgroupError> {
+    read_value(dir, "cpu.max", parse_cpu_max)
 }
 
 /// Reads `cpu.max.burst` (`None` when the kernel has no burst, before 5.14).
 pub fn read_cpu_burst(dir: &Path) -> Result<Option<u64>, CgroupError> {
     match read_value(dir, "cpu.max.burst", parse_u64_or_max) {
-        Ok(v) => Ok(v),
+        Ok(v) => Ok(Some(v.unwrap_or(u64::MAX))),
         Err(e) if e.is_gone() && dir.is_dir() => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Reads `memory.high` (`None` = `max`).
+pub fn read_memory_high(dir: &Path) -> Result<Option<u64>, CgroupError> {
+    read_value(dir, "memory.high", parse_u64_or_max)
 }
 
 fn write_burst(dir: &Path, burst_us: u64) -> Result<(), CgroupError> {
@@ -49,86 +76,43 @@ fn write_burst(dir: &Path, burst_us: u64) -> Result<(), CgroupError> {
     .map(|_| ())
 }
 
-/// Sets the quota of `dir` to `millis` millicores (period kept) and, with `burst_ratio` > 0,
-/// `cpu.max.burst` to that share of the quota. The kernel refuses a burst above the quota, so
-/// burst goes down before the quota does and up after it; both are read back. Returns the
-/// new `cpu.max` and the burst now in force (if the kernel has burst).
-pub fn set_cpu(
+/// The `cpu.max.burst` to hold under a new quota of `quota_us`: with `ratio` > 0 that share
+/// of the quota; otherwise the current burst, lowered to the quota if it is above it (the
+/// kernel refuses a burst above the quota). `None` when the kernel has no burst.
+pub fn burst_target(current: Option<u64>, quota_us: Option<u64>, ratio: f64) -> Option<u64> {
+    let current = current?;
+    let quota = quota_us.unwrap_or(u64::MAX);
+    if ratio > 0.0 {
+        Some(((quota as f64 * ratio) as u64).min(quota))
+    } else {
+        Some(current.min(quota))
+    }
+}
+
+/// Writes a container's new `cpu.max` and, when it changes, its `cpu.max.burst`
+/// (`burst` = (now, to)): burst goes down before the quota and up after it, both read back.
+pub fn write_cpu(
     dir: &Path,
-    current: &CpuMax,
-    millis: u64,
-    burst_ratio: f64,
-) -> Result<(CpuMax, Option<u64>), CgroupError> {
-    let new = current.with_millis(millis);
-    let text = new.to_string();
-    new.validate().map_err(|reason| CgroupError::Invalid {
+    cpu_max: &CpuMax,
+    burst: Option<(u64, u64)>,
+) -> Result<(), CgroupError> {
+    cpu_max.validate().map_err(|reason| CgroupError::Invalid {
         path: dir.join("cpu.max"),
-        value: text.clone(),
+        value: cpu_max.to_string(),
         reason,
     })?;
-    let quota = new.quota_us.unwrap_or(u64::MAX);
-    let wanted = (burst_ratio > 0.0).then_some((quota as f64 * burst_ratio) as u64);
-    let mut burst = read_cpu_burst(dir)?;
-    if let Some(b) = burst
-        && b > quota
+    if let Some((now, to)) = burst
+        && to < now
     {
-        let lower = wanted.unwrap_or(0).min(quota);
-        write_burst(dir, lower)?;
-        burst = Some(lower);
+        write_burst(dir, to)?;
     }
-    let now = write_cpu_max(dir, &new)?;
-    if let (Some(w), Some(b)) = (wanted, burst)
-        && w != b
+    write_cpu_max(dir, cpu_max)?;
+    if let Some((now, to)) = burst
+        && to > now
     {
-        write_burst(dir, w.min(quota))?;
-        burst = Some(w.min(quota));
+        write_burst(dir, to)?;
     }
-    Ok((now, burst))
-}
-
-/// The pod cgroup's quota to hold while the container's quota is `container_millis`
-/// (`cpu.allowAboveLimit`): the pod's original plus whatever the container is above its own
-/// original. `None` when the pod is unlimited (nothing to raise).
-pub fn pod_quota_for(
-    pod_original: &CpuMax,
-    container_original: Option<u64>,
-    container_millis: u64,
-) -> Option<u64> {
-    let pod = pod_original.millis()?;
-    let excess = container_millis.saturating_sub(container_original.unwrap_or(u64::MAX));
-    Some(pod.saturating_add(excess))
-}
-
-/// Sets the container quota like [`set_cpu`], keeping the pod cgroup's quota above it: a
-/// child's quota is silently capped by its parent's, so the pod is raised first and lowered
-/// last, back to exactly its original once the container is within its own limit.
-pub fn set_cpu_in_pod(
-    dir: &Path,
-    pod_dir: &Path,
-    current: &CpuMax,
-    millis: u64,
-    burst_ratio: f64,
-    pod_original: &CpuMax,
-    container_original: Option<u64>,
-) -> Result<(CpuMax, Option<u64>), CgroupError> {
-    let Some(pod_want) = pod_quota_for(pod_original, container_original, millis) else {
-        return set_cpu(dir, current, millis, burst_ratio);
-    };
-    let pod_now = read_value(pod_dir, "cpu.max", parse_cpu_max)?;
-    let target = if Some(pod_want) == pod_original.millis() {
-        *pod_original
-    } else {
-        pod_now.with_millis(pod_want)
-    };
-    let now_millis = pod_now.millis().unwrap_or(u64::MAX);
-    if now_millis < pod_want {
-        write_cpu_max(pod_dir, &target)?;
-    }
-    let result = set_cpu(dir, current, millis, burst_ratio)?;
-    if now_millis > pod_want || (now_millis == pod_want && pod_now != target) {
-        write_cpu_max(pod_dir, &target)?;
-    }
-    Ok(result)
+    Ok(())
 }
 
 /// Runs a write that may block (memory writes reclaim synchronously in the writer) on its own
@@ -164,19 +148,21 @@ fn with_timeout<T: Send + 'static>(
 }
 
 /// Writes `memory.high` (`None` = `max`) with a timeout, reading it back to confirm. Byte
-/// values are rounded down to whole 4 KiB pages, as the kernel stores them.
+/// values must be whole pages ([`page_align`]).
 pub fn set_memory_high(
     dir: &Path,
     bytes: Option<u64>,
     timeout: Duration,
 ) -> Result<Option<u64>, CgroupError> {
-    let bytes = bytes.map(|b| b & !4095);
     let text = bytes.map_or_else(|| "max".to_string(), |b| b.to_string());
-    if bytes == Some(0) {
+    if bytes == Some(0) || bytes.is_some_and(|b| b != page_align(b)) {
         return Err(CgroupError::Invalid {
             path: dir.join("memory.high"),
             value: text,
-            reason: "a zero memory.high would stall every task".into(),
+            reason: format!(
+                "memory.high must be a non-zero multiple of the page size ({})",
+                page_size()
+            ),
         });
     }
     let owned = dir.to_path_buf();
@@ -204,161 +190,266 @@ pub fn reclaim_memory(dir: &Path, bytes: u64, timeout: Duration) -> Result<(), C
     )
 }
 
-/// What restoring one journal entry found.
+/// What restoring one record found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Restored {
-    /// The original values are back (verified).
+    /// At least one original is back (verified).
     Restored,
-    /// The container cgroup no longer exists: nothing to restore.
+    /// Nothing of the agent's was there (untouched, or someone else's value since).
+    Unchanged,
+    /// The cgroup no longer exists: nothing to restore.
     Gone,
 }
 
-/// Puts one entry's originals back under `cgroup_root`.
-pub fn restore_entry(
-    cgroup_root: &Path,
-    key: &str,
-    entry: &Entry,
-) -> Result<Restored, CgroupError> {
-    // The key is a path from a file on disk: accept only a container cgroup path, so a
-    // tampered journal can never direct writes outside the pod hierarchy.
-    let invalid = |reason: &str| CgroupError::Invalid {
-        path: cgroup_root.join(key),
-        value: entry.cpu_max.clone(),
+fn invalid(path: std::path::PathBuf, value: String, reason: &str) -> CgroupError {
+    CgroupError::Invalid {
+        path,
+        value,
         reason: reason.to_string(),
-    };
-    let Some(parsed) = parse_container_path(key) else {
-        return Err(invalid("journal key is not a container cgroup path"));
-    };
+    }
+}
+
+/// The directory of a journaled container key. The key comes from a file on disk: only a
+/// canonical container cgroup path is accepted, so a tampered journal can never direct
+/// writes outside the pod hierarchy.
+fn container_dir(cgroup_root: &Path, key: &str) -> Result<std::path::PathBuf, CgroupError> {
+    let bad = |reason| invalid(cgroup_root.join(key), key.to_string(), reason);
+    let parsed = parse_container_path(key)
+        .ok_or_else(|| bad("journal key is not a container cgroup path"))?;
     if parsed.container_rel != key || key.split('/').any(|p| p == "..") {
+        return Err(bad("journal key is not a canonical container cgroup path"));
+    }
+    Ok(cgroup_root.join(key))
+}
+
+/// The directory of a journaled pod key (a kubelet pod cgroup path, canonical).
+fn pod_dir(cgroup_root: &Path, key: &str) -> Result<std::path::PathBuf, CgroupError> {
+    let canonical = !key.is_empty()
+        && key
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..")
+        && key.rsplit('/').next().and_then(pod_uid_of).is_some();
+    if !canonical {
         return Err(invalid(
-            "journal key is not a canonical container cgroup path",
+            cgroup_root.join(key),
+            key.to_string(),
+            "journal key is not a canonical pod cgroup path",
         ));
     }
-    let dir = cgroup_root.join(key);
+    Ok(cgroup_root.join(key))
+}
+
+/// Puts a container's originals back where the agent's values still stand.
+pub fn restore_container(
+    cgroup_root: &Path,
+    key: &str,
+    record: &ContainerRecord,
+) -> Result<Restored, CgroupError> {
+    let dir = container_dir(cgroup_root, key)?;
     if !dir.is_dir() {
         return Ok(Restored::Gone);
     }
-    let pod_dir = cgroup_root.join(&parsed.pod_rel);
-    let original = parse_cpu_max(&entry.cpu_max).map_err(|source| CgroupError::Parse {
-        path: dir.join("cpu.max"),
-        source,
-    })?;
-    let restore = || -> Result<(), CgroupError> {
-        // Burst may not exceed the quota: clear it, put the quota back, then the burst.
-        let burst = match &entry.cpu_max_burst {
-            Some(text) => Some(parse_u64_or_max(text).map_err(|source| CgroupError::Parse {
-                path: dir.join("cpu.max.burst"),
-                source,
-            })?),
+    let restore = || -> Result<Restored, CgroupError> {
+        let mut wrote = false;
+        let cpu_now = CpuMaxValue(read_cpu_max(&dir)?);
+        let cpu_ours = record.cpu_max.classify(&cpu_now) == Found::Ours;
+        let burst = match record.cpu_max_burst {
+            Some(owned) => match read_cpu_burst(&dir)? {
+                Some(now) => {
+                    let ours = owned.classify(&Limit(Some(now))) == Found::Ours;
+                    Some((now, owned.original.0.unwrap_or(0), ours))
+                }
+                None => None,
+            },
             None => None,
         };
-        if burst.is_some() {
+        // Burst may not exceed the quota: clear ours, put the quota back, then the burst.
+        if let Some((now, _, true)) = burst
+            && now > 0
+        {
             write_burst(&dir, 0)?;
         }
-        write_cpu_max(&dir, &original)?;
-        if let Some(Some(b)) = burst
-            && b > 0
+        if cpu_ours && cpu_now != record.cpu_max.original {
+            write_cpu_max(&dir, &record.cpu_max.original.0)?;
+            wrote = true;
+        }
+        if let Some((now, original, true)) = burst
+            && (original > 0 || now > 0)
         {
-            write_burst(&dir, b)?;
+            write_burst(&dir, original)?;
+            wrote |= original != now;
         }
-        // The container is back within its own limit: now the pod may come down.
-        if let Some(text) = &entry.pod_cpu_max {
-            let pod = parse_cpu_max(text).map_err(|source| CgroupError::Parse {
-                path: pod_dir.join("cpu.max"),
-                source,
-            })?;
-            write_cpu_max(&pod_dir, &pod)?;
+        if let Some(owned) = record.memory_high {
+            let now = Limit(read_memory_high(&dir)?);
+            if owned.classify(&now) == Found::Ours && now != owned.original {
+                // Putting a limit back up never reclaims; a lower original may, so bound it.
+                set_memory_high(&dir, owned.original.0, Duration::from_secs(10))?;
+                wrote = true;
+            }
         }
-        if let Some(text) = &entry.memory_high {
-            let high = parse_u64_or_max(text).map_err(|source| CgroupError::Parse {
-                path: dir.join("memory.high"),
-                source,
-            })?;
-            // Putting a limit back up never reclaims; a lower original may, so bound it.
-            set_memory_high(&dir, high, Duration::from_secs(10))?;
-        }
-        Ok(())
+        Ok(if wrote {
+            Restored::Restored
+        } else {
+            Restored::Unchanged
+        })
     };
     match restore() {
-        Ok(()) => Ok(Restored::Restored),
+        Err(e) if e.is_gone() && !dir.exists() => Ok(Restored::Gone),
+        other => other,
+    }
+}
+
+/// Puts a pod's original `cpu.max` back if the agent's raised value still stands (call once
+/// no governed container of the pod is above its own limit any more).
+pub fn restore_pod(
+    cgroup_root: &Path,
+    key: &str,
+    record: &PodRecord,
+) -> Result<Restored, CgroupError> {
+    let dir = pod_dir(cgroup_root, key)?;
+    if !dir.is_dir() {
+        return Ok(Restored::Gone);
+    }
+    match read_cpu_max(&dir) {
+        Ok(now) => {
+            let now = CpuMaxValue(now);
+            if record.cpu_max.classify(&now) == Found::Ours && now != record.cpu_max.original {
+                write_cpu_max(&dir, &record.cpu_max.original.0)?;
+                Ok(Restored::Restored)
+            } else {
+                Ok(Restored::Unchanged)
+            }
+        }
         Err(e) if e.is_gone() && !dir.exists() => Ok(Restored::Gone),
         Err(e) => Err(e),
     }
 }
 
-/// The outcome of restoring many entries.
+/// The outcome of restoring many records.
 #[derive(Debug, Default)]
 pub struct RestoreReport {
+    /// Containers whose originals were put back.
     pub restored: Vec<String>,
+    /// Containers with nothing of the agent's left (untouched or changed by someone else).
+    pub unchanged: Vec<String>,
     pub gone: Vec<String>,
+    /// Containers and pods that could not be restored: kept in the journal.
     pub failed: Vec<(String, CgroupError)>,
+    /// Pods put back to their original quota.
+    pub pods_restored: Vec<String>,
+    /// The journal could not be updated afterwards.
+    pub journal_error: Option<JournalError>,
 }
 
 impl RestoreReport {
     /// True when nothing failed.
     pub fn complete(&self) -> bool {
-        self.failed.is_empty()
+        self.failed.is_empty() && self.journal_error.is_none()
     }
 }
 
-/// Restores every journal entry accepted by `select`, then drops the restored and gone
-/// entries from the journal (failed ones stay, to be retried).
-pub fn restore_journal(
+/// Restores every container record accepted by `select` and drops the restored, unchanged
+/// and gone ones (failed ones stay, to be retried); a pod is restored and dropped once no
+/// container holds it. The journal is changed in memory only: the caller flushes it.
+pub fn restore_records(
     cgroup_root: &Path,
     journal: &mut Journal,
     select: impl Fn(&str) -> bool,
-) -> Result<RestoreReport, JournalError> {
+) -> RestoreReport {
     let mut report = RestoreReport::default();
-    let selected: Vec<(String, Entry)> = journal
-        .entries()
+    let selected: Vec<(String, ContainerRecord)> = journal
+        .containers()
         .filter(|(k, _)| select(k))
-        .map(|(k, e)| (k.clone(), e.clone()))
+        .map(|(k, r)| (k.clone(), r.clone()))
         .collect();
-    for (key, entry) in selected {
-        match restore_entry(cgroup_root, &key, &entry) {
-            Ok(Restored::Restored) => {
-                info!(cgroup = key, cpu_max = entry.cpu_max, "restored original");
-                report.restored.push(key);
-            }
-            Ok(Restored::Gone) => {
-                debug!(cgroup = key, "container gone; journal entry pruned");
-                report.gone.push(key);
+    for (key, record) in selected {
+        match restore_container(cgroup_root, &key, &record) {
+            Ok(outcome) => {
+                match outcome {
+                    Restored::Restored => {
+                        info!(cgroup = key, cpu_max = %record.cpu_max.original.0, "restored original");
+                        report.restored.push(key.clone());
+                    }
+                    Restored::Unchanged => report.unchanged.push(key.clone()),
+                    Restored::Gone => {
+                        debug!(cgroup = key, "container gone; record dropped");
+                        report.gone.push(key.clone());
+                    }
+                }
+                journal.remove_container(&key);
+                if let Some(pod) = record.pod_hold.as_deref()
+                    && let Some(p) = journal.pod_mut(pod)
+                {
+                    p.holders.remove(&key);
+                }
             }
             Err(e) => {
-                warn!(cgroup = key, error = %e, "restore failed; entry kept");
+                warn!(cgroup = key, error = %e, "restore failed; record kept");
                 report.failed.push((key, e));
             }
         }
     }
-    journal.remove_all(
-        report
-            .restored
-            .iter()
-            .chain(report.gone.iter())
-            .map(String::as_str),
-    )?;
-    Ok(report)
+    release_free_pods(cgroup_root, journal, &mut report);
+    report
+}
+
+/// Restores and drops every pod record that no container holds any more.
+pub fn release_free_pods(cgroup_root: &Path, journal: &mut Journal, report: &mut RestoreReport) {
+    let free: Vec<(String, PodRecord)> = journal
+        .pods()
+        .filter(|(_, p)| p.holders.is_empty())
+        .map(|(k, p)| (k.clone(), p.clone()))
+        .collect();
+    for (key, pod) in free {
+        match restore_pod(cgroup_root, &key, &pod) {
+            Ok(outcome) => {
+                if outcome == Restored::Restored {
+                    info!(pod_cgroup = key, cpu_max = %pod.cpu_max.original.0, "restored the pod's original quota");
+                    report.pods_restored.push(key.clone());
+                }
+                journal.remove_pod(&key);
+            }
+            Err(e) => {
+                warn!(pod_cgroup = key, error = %e, "pod restore failed; record kept");
+                report.failed.push((key, e));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ownership::Owned;
 
     const KEY: &str = "kubepods/burstable/pod1234-abcd/0123456789abcdef0123";
+    const POD: &str = "kubepods/burstable/pod1234-abcd";
 
-    fn entry(cpu: &str) -> Entry {
-        Entry {
+    fn cpu(text: &str) -> CpuMaxValue {
+        CpuMaxValue(parse_cpu_max(text).unwrap())
+    }
+
+    fn record(original: &str, wrote: Option<&str>) -> ContainerRecord {
+        let mut cpu_max = Owned::new(cpu(original));
+        if let Some(w) = wrote {
+            cpu_max.confirm(cpu(w));
+        }
+        ContainerRecord {
             pod_uid: "1234-abcd".into(),
             container_id: "0123456789abcdef0123".into(),
             namespace: String::new(),
             pod: String::new(),
             container: String::new(),
-            cpu_max: cpu.into(),
+            cpu_max,
             cpu_max_burst: None,
-            pod_cpu_max: None,
             memory_high: None,
+            pod_hold: None,
             recorded_at: 0,
         }
+    }
+
+    fn read(dir: &Path, file: &str) -> String {
+        std::fs::read_to_string(dir.join(file)).unwrap()
     }
 
     #[test]
@@ -369,52 +460,9 @@ mod tests {
             quota_us: Some(10),
             period_us: 100_000,
         };
-        let err = write_cpu_max(dir.path(), &bad).unwrap_err();
+        let err = write_cpu(dir.path(), &bad, None).unwrap_err();
         assert_eq!(err.kind(), "invalid_value");
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("cpu.max")).unwrap(),
-            "200000 100000\n"
-        );
-    }
-
-    #[test]
-    fn quota_keeps_period() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("cpu.max"), "100000 50000\n").unwrap();
-        let current = parse_cpu_max("100000 50000").unwrap();
-        let now = set_cpu_quota(dir.path(), &current, 100).unwrap();
-        assert_eq!(now.to_string(), "5000 50000");
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("cpu.max")).unwrap(),
-            "5000 50000"
-        );
-    }
-
-    #[test]
-    fn restore_puts_back_prunes_gone_and_keeps_failures() {
-        let root = tempfile::tempdir().unwrap();
-        let state = tempfile::tempdir().unwrap();
-        let dir = root.path().join(KEY);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("cpu.max"), "10000 100000\n").unwrap();
-        let gone_key = "kubepods/burstable/pod1234-abcd/fedcba98765432100000";
-        let bad_key = "kubepods/burstable/pod1234-abcd/00000000000000000000";
-        std::fs::create_dir_all(root.path().join(bad_key)).unwrap();
-        let mut journal = Journal::load(state.path()).unwrap();
-        journal.record(KEY, entry("max 100000")).unwrap();
-        journal.record(gone_key, entry("200000 100000")).unwrap();
-        journal.record(bad_key, entry("not a value")).unwrap();
-        let report = restore_journal(root.path(), &mut journal, |_| true).unwrap();
-        assert_eq!(report.restored, vec![KEY.to_string()]);
-        assert_eq!(report.gone, vec![gone_key.to_string()]);
-        assert_eq!(report.failed.len(), 1);
-        assert_eq!(
-            std::fs::read_to_string(dir.join("cpu.max")).unwrap(),
-            "max 100000"
-        );
-        let reloaded = Journal::load(state.path()).unwrap();
-        assert_eq!(reloaded.len(), 1);
-        assert!(reloaded.get(bad_key).is_some());
+        assert_eq!(read(dir.path(), "cpu.max"), "200000 100000\n");
     }
 
     #[test]
@@ -422,38 +470,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cpu.max"), "200000 100000\n").unwrap();
         std::fs::write(dir.path().join("cpu.max.burst"), "150000\n").unwrap();
-        let current = parse_cpu_max("200000 100000").unwrap();
-        let (now, burst) = set_cpu(dir.path(), &current, 500, 0.5).unwrap();
-        assert_eq!(now.to_string(), "50000 100000");
-        assert_eq!(burst, Some(25_000));
-        let (now, burst) = set_cpu(dir.path(), &now, 1000, 0.5).unwrap();
-        assert_eq!((now.quota_us, burst), (Some(100_000), Some(50_000)));
-        // Without a ratio, an existing burst above the new quota is still lowered first.
-        std::fs::write(dir.path().join("cpu.max.burst"), "90000\n").unwrap();
-        let (_, burst) = set_cpu(dir.path(), &now, 100, 0.0).unwrap();
-        assert_eq!(burst, Some(0));
+        let to = burst_target(Some(150_000), Some(50_000), 0.5);
+        assert_eq!(to, Some(25_000));
+        write_cpu(dir.path(), &cpu("50000 100000").0, Some((150_000, 25_000))).unwrap();
+        assert_eq!(read(dir.path(), "cpu.max"), "50000 100000");
+        assert_eq!(read(dir.path(), "cpu.max.burst"), "25000");
+        // Without a ratio, a burst above the new quota is lowered to it, else kept.
+        assert_eq!(burst_target(Some(90_000), Some(10_000), 0.0), Some(10_000));
+        assert_eq!(burst_target(Some(5_000), Some(10_000), 0.0), Some(5_000));
+        assert_eq!(burst_target(None, Some(10_000), 0.5), None);
     }
 
     #[test]
-    fn memory_high_is_page_aligned_and_verified() {
+    fn memory_high_is_whole_pages_and_verified() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("memory.high"), "max\n").unwrap();
-        let got = set_memory_high(
-            dir.path(),
-            Some(100 * 1024 * 1024 + 123),
-            Duration::from_secs(1),
-        );
-        assert_eq!(got.unwrap(), Some(100 * 1024 * 1024));
+        let bytes = page_align(100 * 1024 * 1024 + 123);
+        assert_eq!(bytes % page_size(), 0);
+        let got = set_memory_high(dir.path(), Some(bytes), Duration::from_secs(1));
+        assert_eq!(got.unwrap(), Some(bytes));
         assert_eq!(
             set_memory_high(dir.path(), None, Duration::from_secs(1)).unwrap(),
             None
         );
-        assert_eq!(
-            set_memory_high(dir.path(), Some(10), Duration::from_secs(1))
-                .unwrap_err()
-                .kind(),
-            "invalid_value"
-        );
+        for bad in [0, bytes + 1] {
+            assert_eq!(
+                set_memory_high(dir.path(), Some(bad), Duration::from_secs(1))
+                    .unwrap_err()
+                    .kind(),
+                "invalid_value"
+            );
+        }
+    }
+
+    #[test]
+    fn the_page_size_is_the_kernels() {
+        let out = std::process::Command::new("getconf")
+            .arg("PAGESIZE")
+            .output()
+            .unwrap();
+        let expected: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert_eq!(page_size(), expected);
     }
 
     #[test]
@@ -476,67 +533,102 @@ mod tests {
     }
 
     #[test]
+    fn restore_puts_back_ours_leaves_outside_values_and_prunes_gone() {
+        let root = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let dir = root.path().join(KEY);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cpu.max"), "10000 100000\n").unwrap();
+        let outside_key = "kubepods/burstable/pod1234-abcd/00000000000000000000";
+        let outside = root.path().join(outside_key);
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("cpu.max"), "300000 100000\n").unwrap();
+        let gone_key = "kubepods/burstable/pod1234-abcd/fedcba98765432100000";
+        let mut journal = Journal::load(state.path()).unwrap();
+        journal.insert_container(KEY, record("max 100000", Some("10000 100000")));
+        journal.insert_container(outside_key, record("200000 100000", Some("10000 100000")));
+        journal.insert_container(gone_key, record("200000 100000", Some("10000 100000")));
+        let report = restore_records(root.path(), &mut journal, |_| true);
+        journal.flush().unwrap();
+        assert!(report.complete());
+        assert_eq!(report.restored, vec![KEY.to_string()]);
+        assert_eq!(report.unchanged, vec![outside_key.to_string()]);
+        assert_eq!(report.gone, vec![gone_key.to_string()]);
+        assert_eq!(read(&dir, "cpu.max"), "max 100000");
+        assert_eq!(
+            read(&outside, "cpu.max"),
+            "300000 100000\n",
+            "someone else's value stays"
+        );
+        assert!(Journal::load(state.path()).unwrap().is_empty());
+    }
+
+    #[test]
     fn restore_puts_back_memory_and_burst() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join(KEY);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("cpu.max"), "10000 100000\n").unwrap();
         std::fs::write(dir.join("cpu.max.burst"), "5000\n").unwrap();
-        std::fs::write(dir.join("memory.high"), "52428800\n").unwrap();
-        let mut e = entry("200000 100000");
-        e.cpu_max_burst = Some("50000".into());
-        e.memory_high = Some("max".into());
+        let high = page_align(50 << 20);
+        std::fs::write(dir.join("memory.high"), format!("{high}\n")).unwrap();
+        let mut r = record("200000 100000", Some("10000 100000"));
+        let mut burst = Owned::new(Limit(Some(50_000)));
+        burst.confirm(Limit(Some(5_000)));
+        r.cpu_max_burst = Some(burst);
+        let mut mem = Owned::new(Limit(None));
+        mem.confirm(Limit(Some(high)));
+        r.memory_high = Some(mem);
         assert_eq!(
-            restore_entry(root.path(), KEY, &e).unwrap(),
+            restore_container(root.path(), KEY, &r).unwrap(),
             Restored::Restored
         );
-        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
-        assert_eq!(read("cpu.max"), "200000 100000");
-        assert_eq!(read("cpu.max.burst"), "50000");
-        assert_eq!(read("memory.high"), "max");
+        assert_eq!(read(&dir, "cpu.max"), "200000 100000");
+        assert_eq!(read(&dir, "cpu.max.burst"), "50000");
+        assert_eq!(read(&dir, "memory.high"), "max");
     }
 
     #[test]
-    fn the_pod_is_raised_first_and_lowered_last_then_restored() {
+    fn a_pod_is_restored_only_when_its_last_holder_goes() {
         let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join(KEY);
-        let pod = dir.parent().unwrap().to_path_buf();
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("cpu.max"), "50000 100000\n").unwrap();
-        std::fs::write(pod.join("cpu.max"), "60000 100000\n").unwrap();
-        let pod_original = parse_cpu_max("60000 100000").unwrap();
-        let current = parse_cpu_max("50000 100000").unwrap();
-        let read = |d: &Path| std::fs::read_to_string(d.join("cpu.max")).unwrap();
-        assert_eq!(pod_quota_for(&pod_original, Some(500), 1500), Some(1600));
-        assert_eq!(pod_quota_for(&pod_original, Some(500), 300), Some(600));
-        let (now, _) =
-            set_cpu_in_pod(&dir, &pod, &current, 1500, 0.0, &pod_original, Some(500)).unwrap();
-        assert_eq!(
-            (read(&dir).as_str(), read(&pod).as_str()),
-            ("150000 100000", "160000 100000")
+        let state = tempfile::tempdir().unwrap();
+        let a = root.path().join(KEY);
+        let b_key = format!("{POD}/fedcba98765432100000");
+        let b = root.path().join(&b_key);
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("cpu.max"), "150000 100000\n").unwrap();
+        }
+        let pod = root.path().join(POD);
+        std::fs::write(pod.join("cpu.max"), "300000 100000\n").unwrap();
+        let mut journal = Journal::load(state.path()).unwrap();
+        for k in [KEY, b_key.as_str()] {
+            let mut r = record("50000 100000", Some("150000 100000"));
+            r.pod_hold = Some(POD.into());
+            journal.insert_container(k, r);
+        }
+        let mut pod_cpu = Owned::new(cpu("100000 100000"));
+        pod_cpu.confirm(cpu("300000 100000"));
+        journal.insert_pod(
+            POD,
+            PodRecord {
+                cpu_max: pod_cpu,
+                holders: [KEY.to_string(), b_key.clone()].into(),
+            },
         );
-        set_cpu_in_pod(&dir, &pod, &now, 200, 0.0, &pod_original, Some(500)).unwrap();
+        let report = restore_records(root.path(), &mut journal, |k| k == KEY);
+        assert!(report.complete());
+        assert_eq!(read(&a, "cpu.max"), "50000 100000");
         assert_eq!(
-            (read(&dir).as_str(), read(&pod).as_str()),
-            ("20000 100000", "60000 100000")
+            read(&pod, "cpu.max"),
+            "300000 100000\n",
+            "b still holds the pod"
         );
-        // Restore puts both back.
-        set_cpu_in_pod(&dir, &pod, &now, 1500, 0.0, &pod_original, Some(500)).unwrap();
-        let mut e = entry("50000 100000");
-        e.pod_cpu_max = Some("60000 100000".into());
-        assert_eq!(
-            restore_entry(root.path(), KEY, &e).unwrap(),
-            Restored::Restored
-        );
-        assert_eq!(
-            (read(&dir).as_str(), read(&pod).as_str()),
-            ("50000 100000", "60000 100000")
-        );
-        // An unlimited pod is never written.
-        std::fs::write(pod.join("cpu.max"), "max 100000\n").unwrap();
-        let unlimited = parse_cpu_max("max 100000").unwrap();
-        set_cpu_in_pod(&dir, &pod, &current, 1500, 0.0, &unlimited, Some(500)).unwrap();
-        assert_eq!(read(&pod), "max 100000\n");
+        let report = restore_records(root.path(), &mut journal, |_| true);
+        journal.flush().unwrap();
+        assert_eq!(report.pods_restored, vec![POD.to_string()]);
+        assert_eq!(read(&pod, "cpu.max"), "100000 100000");
+        assert!(Journal::load(state.path()).unwrap().is_empty());
     }
 
     #[test]
@@ -547,8 +639,19 @@ mod tests {
             "system.slice/foo",
             "/kubepods/burstable/pod1/0123456789abcdef",
         ] {
-            let err = restore_entry(root.path(), key, &entry("max 100000")).unwrap_err();
+            let err = restore_container(root.path(), key, &record("max 100000", None)).unwrap_err();
             assert_eq!(err.kind(), "invalid_value", "{key}");
+        }
+        let pod = PodRecord {
+            cpu_max: Owned::new(cpu("max 100000")),
+            holders: Default::default(),
+        };
+        for key in ["../etc", "system.slice", "kubepods/../pod1", ""] {
+            assert_eq!(
+                restore_pod(root.path(), key, &pod).unwrap_err().kind(),
+                "invalid_value",
+                "{key}"
+            );
         }
     }
 }

@@ -2,11 +2,19 @@
 //! and the journal together, tick by tick. [`Agent::tick`] takes the time as an argument so
 //! tests drive it on fixture trees; [`Agent::run`] is the real loop on its own thread, woken by
 //! the interval or by a [`Command`] (stop, new policy).
+//!
+//! A tick has phases, so the promises of design notes §11 hold by construction: every
+//! reading is reconciled with its ownership record first (someone else's value becomes the
+//! original); then decisions are taken and the values to write are recorded as pending;
+//! then the journal is flushed — one durable write, whatever the number of changes — and only
+//! if that succeeded are the cgroup files written, pods raised before their containers and
+//! lowered after them.
 
 mod memory;
+mod pods;
 mod storm;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -21,8 +29,9 @@ use crate::controller::{
 };
 use crate::discovery::{Discovery, Proxy};
 use crate::events::{EventReason, EventSink, NoEvents, PodEvent};
-use crate::journal::{Entry, Journal, JournalError};
+use crate::journal::{Journal, JournalError};
 use crate::metrics::ProxyLabels;
+use crate::ownership::{ContainerRecord, CpuMaxValue, Found, Limit, Owned};
 use crate::policy::{CpuPolicy, Mode, Policy};
 use crate::quantity::format_cpu_millis;
 use crate::sampler::{ProxyFiles, RawSample, cpu_observation};
@@ -37,7 +46,8 @@ pub enum Command {
     Policy(Box<Policy>),
 }
 
-/// One governed proxy and the loop's memory of it.
+/// One governed proxy and the loop's memory of it. Its originals and the values the agent
+/// wrote live in its journal record ([`ContainerRecord`]), not here.
 #[derive(Debug)]
 struct Governed {
     proxy: Proxy,
@@ -45,10 +55,6 @@ struct Governed {
     files: ProxyFiles,
     prev: Option<RawSample>,
     cpu: CpuState,
-    /// `cpu.max` before the agent's first write (from the journal after a restart).
-    original: CpuMax,
-    /// What the agent last wrote and the kernel confirmed; `None` while untouched.
-    written: Option<CpuMax>,
     /// Dry run: the quota decisions would have set.
     planned_millis: Option<u64>,
     backoff_until: Option<Instant>,
@@ -60,6 +66,13 @@ struct Governed {
     mode: Mode,
     /// The memory side; `None` when the cgroup has no memory controller files.
     mem: Option<memory::MemoryGoverned>,
+}
+
+impl Governed {
+    /// The pod cgroup's key (relative to the cgroup root).
+    fn pod_key(&self) -> &str {
+        self.proxy.key.rsplit_once('/').map_or("", |(pod, _)| pod)
+    }
 }
 
 /// A CPU decision taken this tick, waiting for the push-storm check before it is applied.
@@ -76,11 +89,12 @@ struct PendingCpu {
     above_limit: bool,
 }
 
-/// Whether a container's originals are in the journal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Journaling {
-    Recorded,
-    Failed,
+/// A container write staged this tick (its record already holds the values as pending).
+#[derive(Debug)]
+struct CpuWrite {
+    pending: PendingCpu,
+    cpu_max: CpuMax,
+    burst: Option<(u64, u64)>,
 }
 
 /// What sampling and deciding one proxy's CPU came to.
@@ -95,6 +109,16 @@ enum Step {
 #[derive(Debug)]
 pub struct Shutdown {
     pub restore: Option<RestoreReport>,
+    /// The journal could not be written at the end (records may be stale on disk).
+    pub journal_error: Option<JournalError>,
+}
+
+impl Shutdown {
+    /// True when everything the agent changed is back (or was meant to stay) and the journal
+    /// says so.
+    pub fn clean(&self) -> bool {
+        self.journal_error.is_none() && self.restore.as_ref().is_none_or(RestoreReport::complete)
+    }
 }
 
 /// The node agent.
@@ -106,11 +130,15 @@ pub struct Agent {
     discovery: Box<dyn DiscoveryDebug>,
     governed: BTreeMap<String, Governed>,
     journal: Journal,
+    /// Why the journal cannot be written now (writes are suspended until it can).
+    journal_failing: Option<String>,
     shared: Arc<Shared>,
     last_scan: Option<Instant>,
     buf: Vec<u8>,
     events: Arc<dyn EventSink>,
     storm: storm::StormDetector,
+    /// Pod records whose quota must be recomputed this tick (a holder wrote or left).
+    pods_due: BTreeSet<String>,
 }
 
 /// `Discovery` plus `Debug`, so the agent can derive `Debug`.
@@ -124,6 +152,27 @@ fn labels_of(p: &Proxy) -> ProxyLabels {
         container: p.container.clone(),
         pod_uid: p.pod_uid.clone(),
         container_id: p.container_id.clone(),
+    }
+}
+
+/// A fresh, untouched record of what a container holds now.
+fn untouched_record(
+    proxy: &Proxy,
+    cpu_max: CpuMax,
+    burst: Option<u64>,
+    memory_high: Option<Option<u64>>,
+) -> ContainerRecord {
+    ContainerRecord {
+        pod_uid: proxy.pod_uid.clone(),
+        container_id: proxy.container_id.clone(),
+        namespace: proxy.namespace.clone(),
+        pod: proxy.pod.clone(),
+        container: proxy.container.clone(),
+        cpu_max: Owned::new(CpuMaxValue(cpu_max)),
+        cpu_max_burst: burst.map(|b| Owned::new(Limit(Some(b)))),
+        memory_high: memory_high.map(|h| Owned::new(Limit(h))),
+        pod_hold: None,
+        recorded_at: now_unix(),
     }
 }
 
@@ -145,11 +194,13 @@ impl Agent {
             discovery,
             governed: BTreeMap::new(),
             journal,
+            journal_failing: None,
             shared,
             last_scan: None,
             buf: Vec::with_capacity(4096),
             events: Arc::new(NoEvents),
             storm: storm::StormDetector::default(),
+            pods_due: BTreeSet::new(),
         };
         agent.publish_mode();
         agent
@@ -187,6 +238,11 @@ impl Agent {
         self.governed.keys().cloned().collect()
     }
 
+    /// The journal (for tests and the benchmark).
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
     /// Replaces the policy; bounds and thresholds apply from the next tick.
     pub fn set_policy(&mut self, policy: Policy) {
         info!(policy = policy.summary(), "policy applied");
@@ -209,9 +265,13 @@ impl Agent {
         if rescan_due || self.discovery.changed() {
             self.rescan(now);
         }
+        // Dry run (global or per proxy) puts back what the agent changed, then only plans.
+        self.release_dry_run();
+        self.reconcile_pods(now);
         let keys: Vec<String> = self.governed.keys().cloned().collect();
         let mut gone = Vec::new();
         let mut pending = Vec::new();
+        let mut pending_mem = Vec::new();
         for key in keys {
             let dry_run = self.proxy_dry_run(&key);
             let alive = match self.step(&key, now) {
@@ -222,16 +282,72 @@ impl Agent {
                     true
                 }
             };
-            if !alive || !self.step_memory(&key, now, dry_run) {
+            let mem_alive = alive
+                && match self.step_memory(&key, now, dry_run) {
+                    memory::MemStep::Gone => false,
+                    memory::MemStep::Steady => true,
+                    memory::MemStep::Decided(p) => {
+                        pending_mem.push(p);
+                        true
+                    }
+                };
+            if !mem_alive {
                 gone.push(key);
             }
         }
-        // Many proxies wanting to grow at once is a config push: hold growth back briefly.
+        let pending = self.hold_back_storm(now, pending);
+        // Stage: every value about to be written is recorded as pending, then one flush.
+        let mut cpu_writes = Vec::new();
+        for p in pending {
+            if p.dry_run {
+                self.plan_cpu(p);
+            } else if let Some(w) = self.stage_cpu(p, &mut gone) {
+                cpu_writes.push(w);
+            }
+        }
+        let pod_writes = self.stage_pods();
+        let mem_writes = self.stage_memory(pending_mem);
+        if self.flush_journal() {
+            let (raise, lower): (Vec<_>, Vec<_>) = pod_writes.into_iter().partition(|w| w.raise);
+            self.apply_pods(raise);
+            for w in cpu_writes {
+                let key = w.pending.key.clone();
+                if !self.apply_cpu(w) {
+                    gone.push(key);
+                }
+            }
+            self.apply_pods(lower);
+            for w in mem_writes {
+                let key = w.key.clone();
+                if !self.apply_memory(w, now) {
+                    gone.push(key);
+                }
+            }
+        } else {
+            self.unstage_memory(mem_writes);
+        }
+        for key in gone {
+            self.forget(&key, false);
+        }
+        // Records dropped this tick (gone proxies, released pods) reach the disk now or at
+        // the next tick's flush.
+        let m = &self.shared.metrics;
+        m.proxies.set(self.governed.len() as i64);
+        m.journal_entries.set(self.journal.len() as i64);
+        m.ticks.inc();
+        m.tick_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.publish();
+    }
+
+    /// Many proxies wanting to grow at once is a config push: hold growth back briefly.
+    fn hold_back_storm(&mut self, now: Instant, pending: Vec<PendingCpu>) -> Vec<PendingCpu> {
+        let wants = |p: &PendingCpu| {
+            p.decision.direction == Direction::Up && p.decision.reason != Reason::Policy
+        };
         let wanting: Vec<&str> = pending
             .iter()
-            .filter(|p| {
-                p.decision.direction == Direction::Up && p.decision.reason != Reason::Policy
-            })
+            .filter(|p| wants(p))
             .map(|p| p.key.as_str())
             .collect();
         let storm = self.storm.observe(
@@ -249,29 +365,46 @@ impl Agent {
                 "push storm: many proxies spiked at once (a config push?); holding growth back"
             );
         }
-        for p in pending {
-            if storm != storm::Storm::Calm
-                && p.decision.direction == Direction::Up
-                && p.decision.reason != Reason::Policy
-            {
-                debug!(cgroup = p.key, "growth held back during a push storm");
-                continue;
+        if storm == storm::Storm::Calm {
+            return pending;
+        }
+        pending
+            .into_iter()
+            .filter(|p| {
+                let held = wants(p);
+                if held {
+                    debug!(cgroup = p.key, "growth held back during a push storm");
+                }
+                !held
+            })
+            .collect()
+    }
+
+    /// Writes the journal if anything changed. Returns false when it could not: then no
+    /// cgroup file is written this tick, `/readyz` says why, and it is logged once per episode.
+    fn flush_journal(&mut self) -> bool {
+        match self.journal.flush() {
+            Ok(_) => {
+                if self.journal_failing.take().is_some() {
+                    info!(
+                        journal = %self.journal.path().display(),
+                        "journal writable again; resuming writes"
+                    );
+                    self.shared.set_degraded(None);
+                }
+                true
             }
-            let key = p.key.clone();
-            if !self.apply_cpu(p) {
-                gone.push(key);
+            Err(e) => {
+                self.shared.metrics.error("journal");
+                if self.journal_failing.is_none() {
+                    warn!(error = %e, "cannot write the journal; no cgroup writes until it can be written");
+                }
+                let reason = format!("journal unwritable: {e}");
+                self.shared.set_degraded(Some(reason.clone()));
+                self.journal_failing = Some(reason);
+                false
             }
         }
-        for key in gone {
-            self.forget(&key, false);
-        }
-        let m = &self.shared.metrics;
-        m.proxies.set(self.governed.len() as i64);
-        m.journal_entries.set(self.journal.len() as i64);
-        m.ticks.inc();
-        m.tick_duration_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.publish();
     }
 
     /// Runs discovery and reconciles the governed set with what it found.
@@ -323,21 +456,21 @@ impl Agent {
         }
         for (proxy, mode) in found {
             match self.governed.get_mut(&proxy.key) {
-                None => self.adopt(proxy, mode),
-                Some(g) if g.mode != mode => {
-                    info!(
-                        cgroup = proxy.key,
-                        namespace = proxy.namespace,
-                        pod = proxy.pod,
-                        from = g.mode.as_str(),
-                        to = mode.as_str(),
-                        "proxy mode changed; releasing and governing afresh"
-                    );
-                    let key = proxy.key.clone();
-                    self.forget(&key, true);
-                    self.adopt(proxy, mode);
-                }
+                None => self.adopt(proxy, mode, now),
                 Some(g) => {
+                    if g.mode != mode {
+                        info!(
+                            cgroup = proxy.key,
+                            namespace = proxy.namespace,
+                            pod = proxy.pod,
+                            from = g.mode.as_str(),
+                            to = mode.as_str(),
+                            "proxy mode changed"
+                        );
+                        g.mode = mode;
+                        g.planned_millis = None;
+                        g.cpu = CpuState::default();
+                    }
                     // Names learnt later (CRI back after a procfs fallback) or new settings.
                     let p = &g.proxy;
                     if (&p.namespace, &p.pod, &p.container, &p.pod_uid, &p.control)
@@ -359,14 +492,16 @@ impl Agent {
         self.release_orphans();
     }
 
-    /// Starts governing a newly found proxy in `mode` (`On` or `DryRun`).
-    fn adopt(&mut self, proxy: Proxy, mode: Mode) {
+    /// Starts governing a newly found proxy in `mode` (`On` or `DryRun`): its files are read
+    /// and reconciled with the journal's record of an earlier run, if any — a value found that
+    /// the agent did not write becomes the original.
+    fn adopt(&mut self, proxy: Proxy, mode: Mode, now: Instant) {
         let opened = ProxyFiles::open(&proxy.dir).and_then(|mut files| {
-            files
-                .sample(&mut self.buf, Instant::now())
-                .map(|s| (files, s))
+            let first = files.sample(&mut self.buf, Instant::now())?;
+            let burst = actuator::read_cpu_burst(&proxy.dir)?;
+            Ok((files, first, burst))
         });
-        let (files, first) = match opened {
+        let (files, first, burst) = match opened {
             Ok(v) => v,
             Err(e) if e.is_gone() => {
                 debug!(cgroup = proxy.key, "proxy vanished while being adopted");
@@ -378,14 +513,50 @@ impl Agent {
                 return;
             }
         };
-        let journaled = self
-            .journal
-            .get(&proxy.key)
-            .and_then(|e| crate::cgroup::parse::parse_cpu_max(&e.cpu_max).ok());
-        let (original, written) = match journaled {
-            // Restarted after changing it: the journal holds the original, the file ours.
-            Some(original) => (original, Some(first.cpu_max)),
-            None => (first.cpu_max, None),
+        let mem = if self.policy.memory.enabled {
+            match memory::MemoryGoverned::open(&proxy.dir, &mut self.buf) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    debug!(cgroup = proxy.key, error = %e, "no memory files; memory not governed");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let memory_high = mem.as_ref().map(|m| m.found_high);
+        let mut outside = Vec::new();
+        let record = match self.journal.container_mut(&proxy.key) {
+            // Restarted after changing it: reconcile each file with what was journaled.
+            Some(r) => {
+                if r.cpu_max.observe(CpuMaxValue(first.cpu_max)).0 == Found::Outside {
+                    outside.push("cpu.max");
+                }
+                if let (Some(o), Some(b)) = (r.cpu_max_burst.as_mut(), burst) {
+                    if o.observe(Limit(Some(b))).0 == Found::Outside {
+                        outside.push("cpu.max.burst");
+                    }
+                } else if r.cpu_max_burst.is_none() {
+                    r.cpu_max_burst = burst.map(|b| Owned::new(Limit(Some(b))));
+                }
+                let memory_outside = match (r.memory_high.as_mut(), memory_high) {
+                    (Some(o), Some(h)) => o.observe(Limit(h)).0 == Found::Outside,
+                    (None, Some(h)) => {
+                        r.memory_high = Some(Owned::new(Limit(h)));
+                        false
+                    }
+                    _ => false,
+                };
+                if memory_outside {
+                    outside.push("memory.high");
+                }
+                r.clone()
+            }
+            None => {
+                let r = untouched_record(&proxy, first.cpu_max, burst, memory_high);
+                self.journal.insert_container(&proxy.key, r.clone());
+                r
+            }
         };
         info!(
             cgroup = proxy.key,
@@ -396,7 +567,7 @@ impl Agent {
             container = proxy.container,
             pid = proxy.pid,
             cpu_max = %first.cpu_max,
-            original = %original,
+            original = %record.cpu_max.original.0,
             mode = mode.as_str(),
             since_start_ms = proxy.started_at_ms.map(|t| unix_millis().saturating_sub(t)),
             "governing proxy"
@@ -410,30 +581,17 @@ impl Agent {
             );
             self.shared.metrics.error("annotation");
         }
-        let journaled_high = self
-            .journal
-            .get(&proxy.key)
-            .and_then(|e| e.memory_high.clone());
-        let mem = match memory::MemoryGoverned::open(
-            &proxy.dir,
-            &mut self.buf,
-            journaled_high.as_deref(),
-        ) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                debug!(cgroup = proxy.key, error = %e, "no memory files; memory not governed");
-                None
-            }
-        };
-        let labels = labels_of(&proxy);
-        let governed = Governed {
+        let mem = mem.map(|mut m| {
+            // Placed only once a write of the agent's may have landed.
+            m.set_placed(record.memory_high.is_some_and(|h| h.touched()));
+            m
+        });
+        let mut governed = Governed {
             mem,
-            labels,
+            labels: labels_of(&proxy),
             files,
             prev: None,
             cpu: CpuState::default(),
-            original,
-            written,
             planned_millis: None,
             backoff_until: None,
             failing: false,
@@ -442,34 +600,60 @@ impl Agent {
             mode,
             proxy,
         };
+        if !outside.is_empty() {
+            self.outside_change(&mut governed, &outside.join(", "), now);
+        }
         self.governed.insert(governed.proxy.key.clone(), governed);
     }
 
+    /// Someone else changed `what` of a governed container: its value is the original now
+    /// (the record says so already); count it, tell, and leave the container alone a while.
+    fn outside_change(&self, g: &mut Governed, what: &str, now: Instant) {
+        warn!(
+            cgroup = g.proxy.key,
+            files = what,
+            "changed by someone else (kubelet resize or an operator); adopting it as the original"
+        );
+        self.shared.metrics.conflicts.inc();
+        self.events.emit(PodEvent {
+            namespace: g.proxy.namespace.clone(),
+            pod: g.proxy.pod.clone(),
+            pod_uid: g.proxy.pod_uid.clone(),
+            reason: EventReason::Conflict,
+            message: format!(
+                "{what} of container {} changed by someone else: adopted as the original; backing off",
+                g.proxy.container
+            ),
+        });
+        g.cpu = CpuState::default();
+        g.backoff_until = Some(now + self.policy.cpu.conflict_backoff);
+        if let Some(m) = g.mem.as_mut() {
+            m.back_off(now + self.policy.cpu.conflict_backoff);
+        }
+    }
+
     /// Stops governing `key`. With `release`, a container that still exists gets its
-    /// originals back (it is no longer a proxy we govern); otherwise it is gone.
+    /// originals back (it is no longer a proxy we govern); a gone one's record is dropped
+    /// either way, and a pod it held raised is given back when no other container holds it.
     fn forget(&mut self, key: &str, release: bool) {
         let Some(g) = self.governed.remove(key) else {
             return;
         };
         self.shared.metrics.forget(&g.labels);
-        if release && g.proxy.dir.is_dir() {
+        if release {
             info!(cgroup = key, "proxy no longer found; releasing");
-            self.restore_keys(Reason::Released, |k| k == key);
         } else {
             debug!(cgroup = key, "proxy gone");
-            if let Err(e) = self.journal.remove_all([key]) {
-                warn!(cgroup = key, error = %e, "cannot prune journal entry");
-                self.shared.metrics.error("journal");
-            }
         }
+        self.restore_keys(Reason::Released, |k| k == key);
     }
 
-    /// Journal entries for containers not governed now: restore those that still exist
-    /// (left by an earlier run), prune the rest.
+    /// Journal records of containers not governed now: restore those that still exist (left
+    /// by an earlier run), drop the rest.
     fn release_orphans(&mut self) {
         let orphans: HashSet<String> = self
             .journal
-            .entries()
+            .containers()
             .map(|(k, _)| k.clone())
             .filter(|k| !self.governed.contains_key(k))
             .collect();
@@ -478,63 +662,92 @@ impl Agent {
         }
     }
 
-    fn restore_keys(
-        &mut self,
-        reason: Reason,
-        select: impl Fn(&str) -> bool,
-    ) -> Option<RestoreReport> {
-        if self.dry_run() {
-            return None;
-        }
-        type PodOf = (String, String, String, bool);
-        let pods: BTreeMap<String, PodOf> = self
+    /// Puts back what the agent changed on proxies now in dry run (global or their own).
+    fn release_dry_run(&mut self) {
+        let global = self.dry_run();
+        let keys: BTreeSet<String> = self
             .journal
-            .entries()
-            .filter(|(k, _)| select(k))
-            .map(|(k, e)| {
-                (
-                    k.clone(),
-                    (
-                        e.namespace.clone(),
-                        e.pod.clone(),
-                        e.pod_uid.clone(),
-                        e.memory_high.is_some(),
-                    ),
-                )
+            .containers()
+            .filter(|(k, r)| {
+                r.touched()
+                    && (global
+                        || self
+                            .governed
+                            .get(*k)
+                            .is_some_and(|g| g.mode == Mode::DryRun))
             })
+            .map(|(k, _)| k.clone())
             .collect();
-        match actuator::restore_journal(&self.cgroup_root, &mut self.journal, select) {
-            Ok(report) => {
-                for key in &report.restored {
-                    self.shared
-                        .metrics
-                        .action("cpu", "restore", reason.as_str());
-                    if pods.get(key.as_str()).is_some_and(|p| p.3) {
-                        self.shared
-                            .metrics
-                            .action("memory", "restore", reason.as_str());
-                    }
-                    if let Some((namespace, pod, pod_uid, _)) = pods.get(key.as_str()) {
-                        self.events.emit(PodEvent {
-                            namespace: namespace.clone(),
-                            pod: pod.clone(),
-                            pod_uid: pod_uid.clone(),
-                            reason: EventReason::Restored,
-                            message: format!("Original limits put back ({})", reason.as_str()),
-                        });
-                    }
-                }
-                for (_, e) in &report.failed {
-                    self.shared.metrics.error(e.kind());
-                }
-                Some(report)
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot update journal after restore");
-                self.shared.metrics.error("journal");
-                None
+        if keys.is_empty() {
+            return;
+        }
+        info!(
+            proxies = keys.len(),
+            "dry run: putting back what the agent changed"
+        );
+        self.restore_keys(Reason::DryRun, |k| keys.contains(k));
+    }
+
+    /// Restores the selected records. Records of proxies still governed are replaced by
+    /// untouched ones (the agent goes on planning from the originals). The journal is flushed
+    /// with the tick (or by the caller at shutdown).
+    fn restore_keys(&mut self, reason: Reason, select: impl Fn(&str) -> bool) -> RestoreReport {
+        let selected: BTreeMap<String, ContainerRecord> = self
+            .journal
+            .containers()
+            .filter(|(k, _)| select(k))
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect();
+        let report = actuator::restore_records(&self.cgroup_root, &mut self.journal, |k| {
+            selected.contains_key(k)
+        });
+        for r in selected.values() {
+            if let Some(pod) = &r.pod_hold
+                && self.journal.pod(pod).is_some()
+            {
+                self.pods_due.insert(pod.clone());
             }
         }
+        for key in &report.restored {
+            let Some(r) = selected.get(key) else { continue };
+            self.shared
+                .metrics
+                .action("cpu", "restore", reason.as_str());
+            if r.memory_high.is_some_and(|m| m.touched()) {
+                self.shared
+                    .metrics
+                    .action("memory", "restore", reason.as_str());
+            }
+            self.events.emit(PodEvent {
+                namespace: r.namespace.clone(),
+                pod: r.pod.clone(),
+                pod_uid: r.pod_uid.clone(),
+                reason: EventReason::Restored,
+                message: format!("Original limits put back ({})", reason.as_str()),
+            });
+        }
+        for (_, e) in &report.failed {
+            self.shared.metrics.error(e.kind());
+        }
+        // Still governed: start again from an untouched record of the originals.
+        for key in report.restored.iter().chain(&report.unchanged) {
+            if let (Some(g), Some(r)) = (self.governed.get_mut(key), selected.get(key)) {
+                let fresh = ContainerRecord {
+                    cpu_max: Owned::new(r.cpu_max.original),
+                    cpu_max_burst: r.cpu_max_burst.map(|b| Owned::new(b.original)),
+                    memory_high: r.memory_high.map(|m| Owned::new(m.original)),
+                    pod_hold: None,
+                    ..r.clone()
+                };
+                self.journal.insert_container(key, fresh);
+                g.prev = None;
+                g.cpu = CpuState::default();
+                if let Some(m) = g.mem.as_mut() {
+                    m.reset();
+                }
+            }
+        }
+        report
     }
 
     /// True when this proxy's decisions are not written (global or its own dry run).
@@ -548,75 +761,13 @@ impl Agent {
 
     /// The CPU bounds of one proxy: policy (narrowed by namespace override and pod
     /// annotations), its original limit, and Envoy's worker count.
-    fn cpu_bounds(cpu: &CpuPolicy, g: &Governed) -> CpuBounds {
-        CpuBounds::new(cpu, g.original.millis())
+    fn cpu_bounds(cpu: &CpuPolicy, g: &Governed, original: &CpuMax) -> CpuBounds {
+        CpuBounds::new(cpu, original.millis())
             .with_concurrency(g.proxy.concurrency, cpu.per_worker_min_millis)
     }
 
-    /// Makes sure `key`'s originals (CPU and, when governed, memory) are journaled before a
-    /// write. Never write what could not be journaled.
-    /// With `with_pod`, the pod cgroup's `cpu.max` is journaled too (before it is first raised).
-    fn ensure_journaled(&mut self, key: &str, with_pod: bool) -> Journaling {
-        let Some(g) = self.governed.get(key) else {
-            return Journaling::Failed;
-        };
-        let memory_high = g.mem.as_ref().map(|m| memory::high_text(m.original));
-        let pod_cpu_max = if with_pod {
-            match read_cpu_max(&g.proxy.pod_dir) {
-                Ok(m) => Some(m.to_string()),
-                Err(e) => {
-                    warn!(cgroup = key, error = %e, "cannot read the pod's cpu.max; not writing");
-                    self.shared.metrics.error(e.kind());
-                    return Journaling::Failed;
-                }
-            }
-        } else {
-            None
-        };
-        let result = match self.journal.get(key) {
-            Some(e)
-                if (e.memory_high.is_some() || memory_high.is_none())
-                    && (e.pod_cpu_max.is_some() || pod_cpu_max.is_none()) =>
-            {
-                return Journaling::Recorded;
-            }
-            Some(_) => self.journal.update(key, |e| {
-                if e.memory_high.is_none() {
-                    e.memory_high = memory_high;
-                }
-                if e.pod_cpu_max.is_none() {
-                    e.pod_cpu_max = pod_cpu_max;
-                }
-            }),
-            None => {
-                let burst = actuator::read_cpu_burst(&g.proxy.dir).ok().flatten();
-                let entry = Entry {
-                    pod_uid: g.proxy.pod_uid.clone(),
-                    container_id: g.proxy.container_id.clone(),
-                    namespace: g.proxy.namespace.clone(),
-                    pod: g.proxy.pod.clone(),
-                    container: g.proxy.container.clone(),
-                    cpu_max: g.original.to_string(),
-                    cpu_max_burst: burst.map(|b| b.to_string()),
-                    pod_cpu_max,
-                    memory_high,
-                    recorded_at: now_unix(),
-                };
-                self.journal.record(key, entry)
-            }
-        };
-        match result {
-            Ok(()) => Journaling::Recorded,
-            Err(e) => {
-                warn!(cgroup = key, error = %e, "cannot journal originals; not writing");
-                self.shared.metrics.error("journal");
-                Journaling::Failed
-            }
-        }
-    }
-
-    /// Samples and decides the CPU of one proxy; the decision is applied by [`Self::apply_cpu`]
-    /// once the whole node has been seen (push-storm check).
+    /// Samples, reconciles and decides the CPU of one proxy; the decision is staged and
+    /// applied once the whole node has been seen (push-storm check, one journal flush).
     fn step(&mut self, key: &str, now: Instant) -> Step {
         // The proxy's own dry run and bounds (namespace override, pod annotations).
         let (dry_run, cpu_policy) = match self.governed.get(key) {
@@ -647,44 +798,32 @@ impl Agent {
             info!(cgroup = key, "sampling recovered");
             g.failing = false;
         }
-
-        // Coexistence: someone else changed the file.
-        if !dry_run {
-            match g.written {
-                Some(w) if w != sample.cpu_max => {
-                    warn!(
-                        cgroup = key,
-                        wrote = %w,
-                        found = %sample.cpu_max,
-                        "cpu.max changed by someone else (kubelet resize or an operator); adopting it as the original"
-                    );
-                    self.shared.metrics.conflicts.inc();
-                    self.events.emit(PodEvent {
-                        namespace: g.proxy.namespace.clone(),
-                        pod: g.proxy.pod.clone(),
-                        pod_uid: g.proxy.pod_uid.clone(),
-                        reason: EventReason::Conflict,
-                        message: format!(
-                            "cpu.max of container {} changed by someone else (wrote {w}, found {}): adopted as the original; backing off",
-                            g.proxy.container, sample.cpu_max
-                        ),
-                    });
-                    g.original = sample.cpu_max;
-                    g.written = None;
-                    g.cpu = CpuState::default();
-                    g.backoff_until = Some(now + self.policy.cpu.conflict_backoff);
-                    let text = sample.cpu_max.to_string();
-                    if let Err(e) = self.journal.update(key, |e| e.cpu_max = text) {
-                        warn!(cgroup = key, error = %e, "cannot update journal");
-                        self.shared.metrics.error("journal");
-                    }
-                }
-                None => g.original = sample.cpu_max,
-                _ => {}
-            }
+        // Coexistence: a value neither original nor ours is someone else's.
+        let Some(record) = self.journal.container(key) else {
+            return Step::Steady;
+        };
+        let classified = record.cpu_max.classify(&CpuMaxValue(sample.cpu_max));
+        let touched = record.cpu_max.touched();
+        if classified != Found::Untouched || touched {
+            let Some(r) = self.journal.container_mut(key) else {
+                return Step::Steady;
+            };
+            r.cpu_max.observe(CpuMaxValue(sample.cpu_max));
         }
-
-        let bounds = Self::cpu_bounds(&cpu_policy, g);
+        if classified == Found::Outside
+            && touched
+            && let Some(mut taken) = self.governed.remove(key)
+        {
+            self.outside_change(&mut taken, "cpu.max", now);
+            self.governed.insert(key.to_string(), taken);
+        }
+        let Some(original) = self.journal.container(key).map(|r| r.cpu_max.original.0) else {
+            return Step::Steady;
+        };
+        let Some(g) = self.governed.get_mut(key) else {
+            return Step::Steady;
+        };
+        let bounds = Self::cpu_bounds(&cpu_policy, g, &original);
         let in_force = if dry_run {
             g.planned_millis.or(sample.cpu_max.millis())
         } else {
@@ -722,76 +861,117 @@ impl Agent {
         }
     }
 
-    /// Applies a CPU decision. Returns false when the proxy turned out to be gone.
-    fn apply_cpu(&mut self, p: PendingCpu) -> bool {
-        let PendingCpu {
-            key,
-            decision,
-            from,
-            floor,
-            sample,
-            obs,
-            dry_run,
-            burst_ratio,
-            above_limit,
-        } = p;
-        let key = key.as_str();
-        let to = decision.quota_millis;
-        // The pod is managed once the policy allows going above the limit, and for as long as
-        // the journal says the pod was raised (even if the policy changed since).
-        let journaled_pod = |journal: &Journal| {
-            journal
-                .get(key)
-                .and_then(|e| e.pod_cpu_max.as_deref())
-                .and_then(|t| crate::cgroup::parse::parse_cpu_max(t).ok())
-        };
-        let with_pod = above_limit || journaled_pod(&self.journal).is_some();
-        if !dry_run && self.ensure_journaled(key, with_pod) == Journaling::Failed {
-            return true;
+    /// Dry run: the decision is only remembered (and shown).
+    fn plan_cpu(&mut self, p: PendingCpu) {
+        if let Some(g) = self.governed.get_mut(&p.key) {
+            g.planned_millis = Some(p.decision.quota_millis);
         }
-        let pod_original = journaled_pod(&self.journal);
-        let Some(g) = self.governed.get_mut(key) else {
+        self.record_cpu_action(&p);
+    }
+
+    /// Records the values a CPU decision will write as pending: the container's `cpu.max`,
+    /// its burst, and its hold on the pod when it may go above its own limit.
+    fn stage_cpu(&mut self, p: PendingCpu, gone: &mut Vec<String>) -> Option<CpuWrite> {
+        let g = self.governed.get(&p.key)?;
+        let dir = g.proxy.dir.clone();
+        let pod_key = g.pod_key().to_string();
+        let pod_dir = g.proxy.pod_dir.clone();
+        let cpu_max = p.sample.cpu_max.with_millis(p.decision.quota_millis);
+        let record = self.journal.container(&p.key)?;
+        // The burst in force now, reconciled like any owned value.
+        let burst = match record.cpu_max_burst {
+            Some(_) => match actuator::read_cpu_burst(&dir) {
+                Ok(Some(now)) => Some(now),
+                Ok(None) => None,
+                Err(e) if e.is_gone() => {
+                    gone.push(p.key.clone());
+                    return None;
+                }
+                Err(e) => {
+                    warn!(cgroup = p.key, error = %e, "cannot read cpu.max.burst; not writing");
+                    self.shared.metrics.error(e.kind());
+                    return None;
+                }
+            },
+            None => None,
+        };
+        let hold_pod = (p.above_limit || record.pod_hold.is_some())
+            && self.ensure_pod_record(&pod_key, &pod_dir).ok()?;
+        let record = self.journal.container_mut(&p.key)?;
+        let burst_plan = match (record.cpu_max_burst.as_mut(), burst) {
+            (Some(owned), Some(now)) => {
+                owned.observe(Limit(Some(now)));
+                let to = actuator::burst_target(Some(now), cpu_max.quota_us, p.burst_ratio)
+                    .unwrap_or(now);
+                if to != now {
+                    owned.begin(Limit(Some(to)));
+                }
+                Some((now, to))
+            }
+            _ => None,
+        };
+        record.cpu_max.begin(CpuMaxValue(cpu_max));
+        if hold_pod {
+            record.pod_hold = Some(pod_key.clone());
+            if let Some(pod) = self.journal.pod_mut(&pod_key) {
+                pod.holders.insert(p.key.clone());
+            }
+            self.pods_due.insert(pod_key);
+        }
+        Some(CpuWrite {
+            pending: p,
+            cpu_max,
+            burst: burst_plan,
+        })
+    }
+
+    /// Applies a staged CPU write. Returns false when the proxy turned out to be gone.
+    fn apply_cpu(&mut self, w: CpuWrite) -> bool {
+        let key = w.pending.key.clone();
+        let Some(dir) = self.governed.get(&key).map(|g| g.proxy.dir.clone()) else {
             return true;
         };
-        if dry_run {
-            g.planned_millis = Some(to);
-        } else {
-            let written = match &pod_original {
-                Some(pod) => actuator::set_cpu_in_pod(
-                    &g.proxy.dir,
-                    &g.proxy.pod_dir,
-                    &sample.cpu_max,
-                    to,
-                    burst_ratio,
-                    pod,
-                    g.original.millis(),
-                ),
-                None => actuator::set_cpu(&g.proxy.dir, &sample.cpu_max, to, burst_ratio),
-            };
-            match written {
-                Ok((now_max, _burst)) => {
-                    g.written = Some(now_max);
-                    g.prev = Some(RawSample {
-                        cpu_max: now_max,
-                        ..sample
-                    });
+        match actuator::write_cpu(&dir, &w.cpu_max, w.burst) {
+            Ok(()) => {
+                if let Some(r) = self.journal.container_mut(&key) {
+                    r.cpu_max.confirm(CpuMaxValue(w.cpu_max));
+                    if let (Some(o), Some((_, to))) = (r.cpu_max_burst.as_mut(), w.burst) {
+                        o.confirm(Limit(Some(to)));
+                    }
                 }
-                Err(e) if e.is_gone() => return false,
-                Err(e) => {
-                    warn!(cgroup = key, error = %e, "cpu.max write failed");
-                    self.shared.metrics.error(e.kind());
-                    // What is in the file now is unknown: read it again next tick.
-                    g.written = read_cpu_max(&g.proxy.dir).ok().filter(|m| *m != g.original);
-                    return true;
+                if let Some(g) = self.governed.get_mut(&key) {
+                    g.prev = Some(RawSample {
+                        cpu_max: w.cpu_max,
+                        ..w.pending.sample
+                    });
+                    g.planned_millis = None;
                 }
             }
+            Err(e) if e.is_gone() => return false,
+            Err(e) => {
+                // What the file holds now is either the old or the new value, both ours
+                // (pending): the next reading sorts it out.
+                warn!(cgroup = key, error = %e, "cpu.max write failed");
+                self.shared.metrics.error(e.kind());
+                return true;
+            }
         }
+        self.record_cpu_action(&w.pending);
+        true
+    }
+
+    /// Counts, logs, tells (Events) and shows one CPU action.
+    fn record_cpu_action(&mut self, p: &PendingCpu) {
+        let (decision, from, to) = (&p.decision, p.from, p.decision.quota_millis);
+        let Some(g) = self.governed.get_mut(&p.key) else {
+            return;
+        };
         let (direction, reason) = (decision.direction.as_str(), decision.reason.as_str());
         self.shared.metrics.action("cpu", direction, reason);
         let event = match decision.direction {
-            _ if dry_run => None,
+            _ if p.dry_run => None,
             Direction::Up => Some(EventReason::ScaledUp),
-            Direction::Down if to <= floor => Some(EventReason::AtFloor),
+            Direction::Down if to <= p.floor => Some(EventReason::AtFloor),
             _ => None,
         };
         if let Some(event) = event {
@@ -810,13 +990,13 @@ impl Agent {
                     },
                     format_cpu_millis(from),
                     format_cpu_millis(to),
-                    obs.usage_millis.round(),
-                    obs.throttled_ratio * 100.0
+                    p.obs.usage_millis.round(),
+                    p.obs.throttled_ratio * 100.0
                 ),
             });
         }
         info!(
-            cgroup = key,
+            cgroup = p.key,
             pod_uid = g.proxy.pod_uid,
             namespace = g.proxy.namespace,
             pod = g.proxy.pod,
@@ -825,9 +1005,9 @@ impl Agent {
             reason,
             from = format_cpu_millis(from),
             to = format_cpu_millis(to),
-            usage_millicores = obs.usage_millis.round(),
-            throttled_ratio = obs.throttled_ratio,
-            dry_run,
+            usage_millicores = p.obs.usage_millis.round(),
+            throttled_ratio = p.obs.throttled_ratio,
+            dry_run = p.dry_run,
             "cpu quota"
         );
         g.last_action = Some(ActionView {
@@ -838,7 +1018,6 @@ impl Agent {
             to: format_cpu_millis(to),
             at: now_unix(),
         });
-        true
     }
 
     /// Updates the per-proxy gauges and the debug view (in place: the strings of the last
@@ -848,8 +1027,10 @@ impl Agent {
         let global_dry_run = self.dry_run();
         self.shared.publish_with(|views| {
             views.truncate(self.governed.len());
-            for (i, g) in self.governed.values().enumerate() {
+            for (i, (key, g)) in self.governed.iter().enumerate() {
                 let dry_run = global_dry_run || g.mode == Mode::DryRun;
+                let record = self.journal.container(key);
+                let original = record.and_then(|r| r.cpu_max.original.0.millis());
                 let quota = if dry_run {
                     g.planned_millis.or(g.prev.and_then(|s| s.cpu_max.millis()))
                 } else {
@@ -860,7 +1041,7 @@ impl Agent {
                         .get_or_create(&g.labels)
                         .set(q as f64);
                 }
-                if let Some(o) = g.original.millis() {
+                if let Some(o) = original {
                     m.cpu_original_millicores
                         .get_or_create(&g.labels)
                         .set(o as f64);
@@ -903,7 +1084,7 @@ impl Agent {
                 v.process.clone_from(&g.proxy.process);
                 v.pid = g.proxy.pid;
                 v.cpu_quota_millis = quota;
-                v.cpu_original_millis = g.original.millis();
+                v.cpu_original_millis = original;
                 v.cpu_usage_millis = g.last_obs.map(|o| o.usage_millis);
                 v.cpu_throttled_ratio = g.last_obs.map(|o| o.throttled_ratio);
                 v.memory_high_bytes = memory_high;
@@ -917,20 +1098,20 @@ impl Agent {
         });
     }
 
-    /// Stops governing: with `restoreOnExit` (and not in dry run) every journaled original is
-    /// put back.
+    /// Stops governing: with `restoreOnExit`, every original in the journal is put back, in
+    /// any mode (dry run included: a switch to dry run has put back what it could, and
+    /// records left by an earlier run are restored too). The journal is flushed last.
     pub fn shutdown(&mut self) -> Shutdown {
         let restore = if self.policy.restore_on_exit {
             let report = self.restore_keys(Reason::Exit, |_| true);
-            if let Some(r) = &report {
-                info!(
-                    restored = r.restored.len(),
-                    gone = r.gone.len(),
-                    failed = r.failed.len(),
-                    "restored originals on exit"
-                );
-            }
-            report
+            info!(
+                restored = report.restored.len(),
+                gone = report.gone.len(),
+                failed = report.failed.len(),
+                pods = report.pods_restored.len(),
+                "restored originals on exit"
+            );
+            Some(report)
         } else {
             info!(
                 journaled = self.journal.len(),
@@ -938,11 +1119,30 @@ impl Agent {
             );
             None
         };
+        // Untouched records of governed proxies are not written out; drop them so the
+        // journal on disk holds only what still needs restoring.
+        let untouched: Vec<String> = self
+            .journal
+            .containers()
+            .filter(|(_, r)| !r.touched() && r.pod_hold.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in untouched {
+            self.journal.remove_container(&key);
+        }
+        let journal_error = self.journal.flush().err();
+        if let Some(e) = &journal_error {
+            warn!(error = %e, "cannot update the journal on exit");
+            self.shared.metrics.error("journal");
+        }
         for g in self.governed.values() {
             self.shared.metrics.forget(&g.labels);
         }
         self.governed.clear();
-        Shutdown { restore }
+        Shutdown {
+            restore,
+            journal_error,
+        }
     }
 
     /// The control loop: ticks every `interval` until told to stop (or after `max_ticks`),
@@ -982,15 +1182,17 @@ fn unix_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Restores every journal entry (the `restore` command).
-pub fn restore_all(
-    cgroup_root: &std::path::Path,
-    journal: &mut Journal,
-) -> Result<RestoreReport, JournalError> {
-    actuator::restore_journal(cgroup_root, journal, |_| true)
+/// Restores every journal record (the `restore` command, and a start refused for an invalid
+/// policy) and writes the journal once.
+pub fn restore_all(cgroup_root: &std::path::Path, journal: &mut Journal) -> RestoreReport {
+    let mut report = actuator::restore_records(cgroup_root, journal, |_| true);
+    if let Err(e) = journal.flush() {
+        report.journal_error = Some(e);
+    }
+    report
 }
 
 /// Reads a cgroup's `cpu.max` once (for `discover`).
 pub fn read_cpu_max(dir: &std::path::Path) -> Result<CpuMax, CgroupError> {
-    crate::cgroup::read_value(dir, "cpu.max", crate::cgroup::parse::parse_cpu_max)
+    actuator::read_cpu_max(dir)
 }

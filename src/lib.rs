@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod events;
 pub mod journal;
 pub mod metrics;
+pub mod ownership;
 pub mod policy;
 pub mod quantity;
 pub mod reload;

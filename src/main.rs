@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing::{error, info, warn};
 
+use sidecar_governor::actuator::RestoreReport;
 use sidecar_governor::agent::DiscoveryDebug;
 use sidecar_governor::agent::{Agent, Command, read_cpu_max, restore_all};
 use sidecar_governor::cri::client::CriTarget;
@@ -394,12 +395,16 @@ fn raise_open_file_limit() -> u64 {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let (policy, policy_hash) = match args.config.as_deref() {
+    let loaded = match args.config.as_deref() {
         Some(path) => reload::load(path),
         None => Policy::from_yaml(DEFAULT_POLICY_YAML)
             .map(|p| (p, reload::policy_hash(DEFAULT_POLICY_YAML))),
     }
-    .context("refusing to start with an invalid policy")?;
+    .context("refusing to start with an invalid policy");
+    let (policy, policy_hash) = match loaded {
+        Ok(v) => v,
+        Err(e) => return Err(restore_before_refusing(&args, e)),
+    };
     // Each proxy holds up to 7 cgroup descriptors (design notes §9): raise the soft
     // open-file limit to the hard one and hold descriptors only within it.
     let open_files = raise_open_file_limit();
@@ -514,16 +519,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         });
     }
-    if let Some(report) = outcome.restore
-        && !report.complete()
-    {
-        for (key, e) in &report.failed {
-            warn!(cgroup = key, error = %e, "not restored; kept in the journal");
-        }
-        bail!(
-            "{} container(s) could not be restored; run `sidecar-governor restore` once the cause is fixed",
-            report.failed.len()
-        );
+    if let Some(report) = &outcome.restore {
+        check_restored(report)?;
+    }
+    if let Some(e) = &outcome.journal_error {
+        bail!("the journal could not be written on exit: {e}");
     }
     info!(took_ms = stopping.elapsed().as_millis() as u64, "stopped");
     Ok(())
@@ -690,21 +690,57 @@ fn restore(cgroup_root: &Path, state_dir: &Path) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let report = restore_all(cgroup_root, &mut journal)?;
+    let report = restore_all(cgroup_root, &mut journal);
     println!(
-        "restored {}, gone {}, failed {}",
+        "restored {}, unchanged {} (nothing of the agent's left), gone {}, pods {}, failed {}",
         report.restored.len(),
+        report.unchanged.len(),
         report.gone.len(),
+        report.pods_restored.len(),
         report.failed.len()
     );
+    check_restored(&report)
+}
+
+/// An error naming what a restore could not do (records kept, journal not updated).
+fn check_restored(report: &RestoreReport) -> anyhow::Result<()> {
     for (key, e) in &report.failed {
         eprintln!("  {key}: {e}");
     }
-    if !report.complete() {
+    if let Some(e) = &report.journal_error {
+        bail!("originals put back, but the journal could not be updated: {e}");
+    }
+    if !report.failed.is_empty() {
         bail!(
-            "{} container(s) not restored; they stay in the journal",
+            "{} cgroup(s) not restored; they stay in the journal (run `sidecar-governor restore` once the cause is fixed)",
             report.failed.len()
         );
     }
     Ok(())
+}
+
+/// A start refused for an invalid policy: the agent cannot govern, so it puts back every
+/// original it journaled (nothing is left shrunk with nobody to grow it), then fails.
+fn restore_before_refusing(args: &RunArgs, error: anyhow::Error) -> anyhow::Error {
+    let restored = (|| -> anyhow::Result<RestoreReport> {
+        let _lock = lock_state_dir(&args.state_dir)?;
+        let mut journal = Journal::load(&args.state_dir)?;
+        Ok(restore_all(&args.roots.cgroup_root, &mut journal))
+    })();
+    match restored {
+        Ok(report) => {
+            let outcome = check_restored(&report);
+            error!(
+                restored = report.restored.len(),
+                pods = report.pods_restored.len(),
+                failed = report.failed.len(),
+                "invalid policy: put back every journaled original before exiting"
+            );
+            match outcome {
+                Ok(()) => error,
+                Err(e) => error.context(format!("and restoring failed: {e:#}")),
+            }
+        }
+        Err(e) => error.context(format!("and the originals could not be restored: {e:#}")),
+    }
 }

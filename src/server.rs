@@ -57,6 +57,9 @@ pub struct Shared {
     last_tick_unix: AtomicU64,
     proxies: RwLock<Vec<ProxyView>>,
     pub dry_run: AtomicBool,
+    /// Why the agent cannot keep its promises now (the journal cannot be written): `/readyz`
+    /// fails with this reason while it is set.
+    degraded: RwLock<Option<String>>,
 }
 
 impl Shared {
@@ -82,6 +85,18 @@ impl Shared {
     /// True once a tick has completed.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Sets (or clears) the reason the agent is not ready although it ticks.
+    pub fn set_degraded(&self, reason: Option<String>) {
+        if let Ok(mut slot) = self.degraded.write() {
+            *slot = reason;
+        }
+    }
+
+    /// Why the agent is not ready although it ticks, if it is not.
+    pub fn degraded(&self) -> Option<String> {
+        self.degraded.read().ok().and_then(|d| d.clone())
     }
 
     /// The latest per-proxy view.
@@ -114,7 +129,9 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    if shared.is_ready() {
+    if let Some(reason) = shared.degraded() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")).into_response()
+    } else if shared.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "no tick completed yet\n").into_response()

@@ -7,87 +7,16 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
+use common::harness::{Harness, TWO_CORES, proxy, run};
 use common::{Container, Node};
-use sidecar_governor::agent::Agent;
-use sidecar_governor::discovery::procfs::ProcfsDiscovery;
 use sidecar_governor::journal::Journal;
 use sidecar_governor::policy::Policy;
-use sidecar_governor::server::Shared;
-
-const TWO_CORES: &str = "200000 100000";
 
 fn policy() -> Policy {
     Policy::from_yaml(
         "interval: 1s\nmatch:\n  rescanInterval: 1s\ncpu:\n  min: 100m\n  max: \"2\"\n  scaleDownAfter: 3s\n",
     )
     .unwrap()
-}
-
-struct Harness {
-    agent: Agent,
-    shared: Arc<Shared>,
-    now: Instant,
-}
-
-impl Harness {
-    fn new(node: &Node, policy: Policy, dry_run: bool) -> Harness {
-        let journal = Journal::load(&node.state).unwrap();
-        let shared = Arc::new(Shared::default());
-        let discovery = ProcfsDiscovery::new(&node.proc, &node.cgroup);
-        let agent = Agent::new(
-            node.cgroup.clone(),
-            policy,
-            dry_run,
-            Box::new(discovery),
-            journal,
-            shared.clone(),
-        );
-        Harness {
-            agent,
-            shared,
-            now: Instant::now(),
-        }
-    }
-
-    fn tick(&mut self) {
-        self.now += Duration::from_secs(1);
-        self.agent.tick(self.now);
-    }
-
-    fn metrics(&self) -> String {
-        self.shared.metrics.encode()
-    }
-}
-
-/// Runs `ticks` seconds: each container uses what `load` says under its current quota.
-fn run(
-    h: &mut Harness,
-    containers: &mut [&mut Container],
-    ticks: usize,
-    load: impl Fn(usize, u64) -> u64,
-) {
-    for _ in 0..ticks {
-        for (i, c) in containers.iter_mut().enumerate() {
-            let quota = c.quota_millis().unwrap_or(u64::MAX);
-            let demand = load(i, quota);
-            let used = demand.min(quota);
-            c.run_for_a_second(used, demand - used);
-        }
-        h.tick();
-    }
-}
-
-fn proxy(node: &mut Node, pod: usize, n: usize) -> Container {
-    let mut c = node.container(pod, n, TWO_CORES);
-    node.process(
-        &mut c,
-        "envoy",
-        &["/usr/local/bin/envoy", "--concurrency", "2"],
-    );
-    c
 }
 
 #[test]
@@ -109,8 +38,17 @@ fn one_idle_proxy_shrinks_to_the_floor_and_the_app_is_untouched() {
     assert_eq!(app.cpu_max(), "100000 100000", "app never written");
     assert_eq!(envoy.pod_cpu_max(), pod_before, "pod cgroup never written");
     let journal = Journal::load(&node.state).unwrap();
-    assert_eq!(journal.get(&envoy.rel).unwrap().cpu_max, TWO_CORES);
-    assert!(journal.get(&app.rel).is_none());
+    assert_eq!(
+        journal
+            .container(&envoy.rel)
+            .unwrap()
+            .cpu_max
+            .original
+            .0
+            .to_string(),
+        TWO_CORES
+    );
+    assert!(journal.container(&app.rel).is_none());
     let m = h.metrics();
     assert!(m.contains("sidecar_governor_proxies 1"), "{m}");
     assert!(
@@ -466,7 +404,12 @@ fn memory_high_is_placed_after_settling_journaled_and_restored() {
     );
     let journal = Journal::load(&node.state).unwrap();
     assert_eq!(
-        journal.get(&envoy.rel).unwrap().memory_high.as_deref(),
+        journal
+            .container(&envoy.rel)
+            .unwrap()
+            .memory_high
+            .map(|m| m.original.to_string())
+            .as_deref(),
         Some("max")
     );
     let m = h.metrics();

@@ -1,17 +1,22 @@
 //! Memory governance of one proxy inside the control loop: its held memory files, the
-//! senpai-style state, and the step that samples, decides (`decide_memory`) and writes
-//! `memory.high` or `memory.reclaim` through the actuator's timed writer, journaling the
-//! original `memory.high` before the first write.
+//! senpai-style state, and the steps that sample and reconcile `memory.high` with its
+//! ownership record, decide (`decide_memory`), stage the value to write as pending in the
+//! journal, and write `memory.high` or `memory.reclaim` through the actuator's timed writer.
+//! A write that timed out or failed its read-back stays the agent's own value (pending), so
+//! it is never mistaken for someone else's.
 
 use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
-use super::{Agent, Journaling};
+use super::Agent;
 use crate::actuator;
+use crate::cgroup::CgroupError;
 use crate::controller::{
-    MemoryAction, MemoryBounds, MemoryObservation, MemoryState, decide_memory, wants_stat,
+    MemoryAction, MemoryBounds, MemoryDecision, MemoryObservation, MemoryState, Reason,
+    decide_memory, wants_stat,
 };
+use crate::ownership::{Found, Limit};
 use crate::quantity::format_bytes;
 use crate::sampler::{MemoryFiles, MemoryRaw, memory_deltas, read_memory_max, read_memory_stat};
 use crate::server::{ActionView, now_unix};
@@ -22,10 +27,8 @@ pub(super) struct MemoryGoverned {
     files: MemoryFiles,
     prev: Option<MemoryRaw>,
     state: MemoryState,
-    /// `memory.high` before the agent's first write (`None` = `max`).
-    pub original: Option<u64>,
-    /// What the agent last wrote and read back; `None` while untouched.
-    pub written: Option<Option<u64>>,
+    /// `memory.high` when the proxy was found (`None` = `max`).
+    pub found_high: Option<u64>,
     /// Dry run: the limit decisions would have set.
     planned: Option<u64>,
     /// The container's `memory.max` (`None` = unlimited).
@@ -44,45 +47,69 @@ pub(super) struct MemoryReading {
     pub pressure: Option<f64>,
 }
 
-/// Formats a `memory.high` value as the kernel prints it.
-pub(super) fn high_text(high: Option<u64>) -> String {
-    high.map_or_else(|| "max".to_string(), |b| b.to_string())
-}
-
 fn human(high: Option<u64>) -> String {
     high.map_or_else(|| "max".to_string(), format_bytes)
 }
 
+/// What sampling and deciding one proxy's memory came to.
+#[derive(Debug)]
+pub(super) enum MemStep {
+    Gone,
+    Steady,
+    Decided(MemoryWrite),
+}
+
+/// A memory decision to write this tick (staged: its value is pending in the journal).
+#[derive(Debug)]
+pub(super) struct MemoryWrite {
+    pub key: String,
+    decision: MemoryDecision,
+    /// The value to write, in whole pages (`SetHigh`), or the bytes to reclaim.
+    action: MemoryAction,
+    from: String,
+    to: String,
+    current: u64,
+    pressure: Option<f64>,
+}
+
 impl MemoryGoverned {
-    /// Opens the memory files of `dir`. `journaled` is the original `memory.high` text from the
-    /// journal when an earlier run changed it.
+    /// Opens the memory files of `dir` and reads them once.
     pub fn open(
         dir: &std::path::Path,
         buf: &mut Vec<u8>,
-        journaled: Option<&str>,
     ) -> Result<MemoryGoverned, crate::cgroup::CgroupError> {
         let mut files = MemoryFiles::open(dir)?;
         let first = files.sample(buf, Instant::now())?;
         let limit = read_memory_max(dir)?;
-        let journaled = journaled.and_then(|t| crate::cgroup::parse::parse_u64_or_max(t).ok());
-        let (original, written, placed) = match journaled {
-            Some(original) => (original, Some(first.high), true),
-            None => (first.high, None, false),
-        };
         Ok(MemoryGoverned {
             files,
             prev: None,
-            state: MemoryState {
-                placed,
-                ..MemoryState::default()
-            },
-            original,
-            written,
+            state: MemoryState::default(),
+            found_high: first.high,
             planned: None,
             limit,
             busy_until: None,
             last: None,
         })
+    }
+
+    /// Marks `memory.high` as placed (a write of the agent's may hold) or not (it is to be
+    /// placed after the settle period).
+    pub fn set_placed(&mut self, placed: bool) {
+        self.state.placed = placed;
+    }
+
+    /// Leaves the memory alone until `until`, and starts its control afresh then.
+    pub fn back_off(&mut self, until: Instant) {
+        self.state = MemoryState::default();
+        self.busy_until = Some(until);
+    }
+
+    /// Starts afresh from the originals (after a restore).
+    pub fn reset(&mut self) {
+        self.state = MemoryState::default();
+        self.planned = None;
+        self.prev = None;
     }
 
     /// The `memory.high` shown to operators: planned in dry run, else the kernel's.
@@ -97,55 +124,57 @@ impl MemoryGoverned {
 }
 
 impl Agent {
-    /// Samples, decides and acts on one proxy's memory. Returns false when it is gone.
-    pub(super) fn step_memory(&mut self, key: &str, now: Instant, dry_run: bool) -> bool {
-        let policy = self.policy.memory.clone();
-        if !policy.enabled {
-            return true;
+    /// Samples, reconciles and decides one proxy's memory.
+    pub(super) fn step_memory(&mut self, key: &str, now: Instant, dry_run: bool) -> MemStep {
+        if !self.policy.memory.enabled {
+            return MemStep::Steady;
         }
         let conflict_backoff = self.policy.cpu.conflict_backoff;
         let Some(g) = self.governed.get_mut(key) else {
-            return true;
+            return MemStep::Steady;
         };
         let dir = g.proxy.dir.clone();
         let Some(m) = g.mem.as_mut() else {
-            return true;
+            return MemStep::Steady;
         };
         let raw = match m.files.sample(&mut self.buf, now) {
             Ok(r) => r,
-            Err(e) if e.is_gone() => return false,
+            Err(e) if e.is_gone() => return MemStep::Gone,
             Err(e) => {
                 debug!(cgroup = key, error = %e, "cannot sample memory");
                 self.shared.metrics.error(e.kind());
-                return true;
+                return MemStep::Steady;
             }
         };
         // Coexistence, as for CPU: someone else's memory.high becomes the original.
-        if !dry_run {
-            match m.written {
-                Some(w) if w != raw.high => {
-                    warn!(
-                        cgroup = key,
-                        wrote = high_text(w),
-                        found = high_text(raw.high),
-                        "memory.high changed by someone else; adopting it as the original"
-                    );
-                    self.shared.metrics.conflicts.inc();
-                    m.original = raw.high;
-                    m.written = None;
-                    m.state = MemoryState::default();
-                    m.busy_until = Some(now + conflict_backoff);
-                    m.limit = read_memory_max(&dir).unwrap_or(m.limit);
-                    let text = high_text(raw.high);
-                    if let Err(e) = self.journal.update(key, |e| e.memory_high = Some(text)) {
-                        warn!(cgroup = key, error = %e, "cannot update journal");
-                        self.shared.metrics.error("journal");
-                    }
-                }
-                None => m.original = raw.high,
-                _ => {}
-            }
+        let Some(owned) = self.journal.container(key).and_then(|r| r.memory_high) else {
+            return MemStep::Steady;
+        };
+        let found = Limit(raw.high);
+        let kind = owned.classify(&found);
+        if kind != Found::Untouched
+            && let Some(o) = self
+                .journal
+                .container_mut(key)
+                .and_then(|r| r.memory_high.as_mut())
+        {
+            o.observe(found);
         }
+        if kind == Found::Outside && owned.touched() {
+            warn!(
+                cgroup = key,
+                found = %found,
+                "memory.high changed by someone else; adopting it as the original"
+            );
+            self.shared.metrics.conflicts.inc();
+            m.back_off(now + conflict_backoff);
+            m.limit = read_memory_max(&dir).unwrap_or(m.limit);
+        }
+        let original = self
+            .journal
+            .container(key)
+            .and_then(|r| r.memory_high)
+            .map_or(owned.original, |o| o.original);
         let deltas = m.prev.as_ref().and_then(|prev| memory_deltas(prev, &raw));
         m.prev = Some(raw);
         m.last = Some(MemoryReading {
@@ -154,11 +183,11 @@ impl Agent {
             pressure: deltas.and_then(|d| d.2),
         });
         let Some((elapsed, events, pressure)) = deltas else {
-            return true;
+            return MemStep::Steady;
         };
         if let Some(until) = m.busy_until {
             if now < until {
-                return true;
+                return MemStep::Steady;
             }
             m.busy_until = None;
         }
@@ -167,10 +196,11 @@ impl Agent {
         } else {
             raw.high
         };
-        let stat = if wants_stat(&m.state, elapsed, raw.current, in_force, &policy) {
+        let policy = &self.policy.memory;
+        let stat = if wants_stat(&m.state, elapsed, raw.current, in_force, policy) {
             match read_memory_stat(&dir) {
                 Ok(s) => Some(s),
-                Err(e) if e.is_gone() => return false,
+                Err(e) if e.is_gone() => return MemStep::Gone,
                 Err(e) => {
                     debug!(cgroup = key, error = %e, "cannot read memory.stat");
                     self.shared.metrics.error(e.kind());
@@ -188,68 +218,142 @@ impl Agent {
             events,
             stat,
         };
-        let bounds = MemoryBounds::new(&policy, m.limit, m.original);
-        let Some(decision) = decide_memory(&mut m.state, &obs, bounds, &policy) else {
-            return true;
+        let bounds = MemoryBounds::new(policy, m.limit, original.0);
+        let Some(decision) = decide_memory(&mut m.state, &obs, bounds, policy) else {
+            return MemStep::Steady;
         };
-        let (from, to) = match decision.action {
-            MemoryAction::SetHigh(b) => (human(in_force), human(Some(b & !4095))),
+        let action = match decision.action {
+            MemoryAction::SetHigh(b) => MemoryAction::SetHigh(actuator::page_align(b)),
+            other => other,
+        };
+        let (from, to) = match action {
+            MemoryAction::SetHigh(b) => (human(in_force), human(Some(b))),
             MemoryAction::Reclaim(b) => {
                 (format_bytes(raw.current), format!("-{}", format_bytes(b)))
             }
         };
+        let write = MemoryWrite {
+            key: key.to_string(),
+            decision,
+            action,
+            from,
+            to,
+            current: raw.current,
+            pressure,
+        };
         if dry_run {
-            if let MemoryAction::SetHigh(b) = decision.action {
-                m.planned = Some(b & !4095);
+            if let MemoryAction::SetHigh(b) = action {
+                m.planned = Some(b);
             }
-        } else {
-            if let MemoryAction::SetHigh(_) = decision.action
-                && self.ensure_journaled(key, false) == Journaling::Failed
+            self.record_memory_action(&write, true);
+            return MemStep::Steady;
+        }
+        MemStep::Decided(write)
+    }
+
+    /// Records each `memory.high` about to be written as pending in its container's record.
+    pub(super) fn stage_memory(&mut self, writes: Vec<MemoryWrite>) -> Vec<MemoryWrite> {
+        for w in &writes {
+            if let MemoryAction::SetHigh(b) = w.action
+                && let Some(o) = self
+                    .journal
+                    .container_mut(&w.key)
+                    .and_then(|r| r.memory_high.as_mut())
             {
-                return true;
+                o.begin(Limit(Some(b)));
             }
-            let Some(m) = self.governed.get_mut(key).and_then(|g| g.mem.as_mut()) else {
-                return true;
-            };
-            let result = match decision.action {
-                MemoryAction::SetHigh(b) => {
-                    actuator::set_memory_high(&dir, Some(b), policy.write_timeout).map(|now_high| {
-                        m.written = Some(now_high);
-                        if let Some(prev) = m.prev.as_mut() {
-                            prev.high = now_high;
-                        }
-                    })
+        }
+        writes
+    }
+
+    /// The journal could not be written: nothing was; a placement is to be made again.
+    pub(super) fn unstage_memory(&mut self, writes: Vec<MemoryWrite>) {
+        for w in writes {
+            if w.decision.reason == Reason::Placement
+                && let Some(m) = self.governed.get_mut(&w.key).and_then(|g| g.mem.as_mut())
+            {
+                m.set_placed(false);
+            }
+        }
+    }
+
+    /// Writes one staged memory decision. Returns false when the proxy turned out to be gone.
+    pub(super) fn apply_memory(&mut self, w: MemoryWrite, now: Instant) -> bool {
+        let timeout = self.policy.memory.write_timeout;
+        let backoff = self.policy.memory.timeout_backoff;
+        let Some(dir) = self.governed.get(&w.key).map(|g| g.proxy.dir.clone()) else {
+            return true;
+        };
+        let result = match w.action {
+            MemoryAction::SetHigh(b) => actuator::set_memory_high(&dir, Some(b), timeout),
+            MemoryAction::Reclaim(b) => actuator::reclaim_memory(&dir, b, timeout).map(|()| None),
+        };
+        fn owned<'a>(
+            agent: &'a mut Agent,
+            key: &str,
+        ) -> Option<&'a mut crate::ownership::Owned<Limit>> {
+            agent
+                .journal
+                .container_mut(key)
+                .and_then(|r| r.memory_high.as_mut())
+        }
+        match result {
+            Ok(now_high) => {
+                if let MemoryAction::SetHigh(_) = w.action
+                    && let Some(o) = owned(self, &w.key)
+                {
+                    o.confirm(Limit(now_high));
                 }
-                MemoryAction::Reclaim(b) => actuator::reclaim_memory(&dir, b, policy.write_timeout),
-            };
-            if let Err(e) = result {
-                if e.is_gone() {
-                    return false;
+                if let Some(m) = self.governed.get_mut(&w.key).and_then(|g| g.mem.as_mut())
+                    && let Some(prev) = m.prev.as_mut()
+                    && let MemoryAction::SetHigh(_) = w.action
+                {
+                    prev.high = now_high;
                 }
-                warn!(cgroup = key, error = %e, "memory write failed; leaving the cgroup alone for a while");
+            }
+            Err(e) if e.is_gone() => return false,
+            Err(e) => {
+                warn!(cgroup = w.key, error = %e, "memory write failed; leaving the cgroup alone for a while");
                 self.shared.metrics.error(e.kind());
-                m.busy_until = Some(now + policy.timeout_backoff);
-                // What the kernel holds now is unknown: re-read it as the truth next tick.
-                m.written = None;
+                // The kernel holds what the write left: for a read-back that differs, that
+                // value came from the agent's own write and is the agent's.
+                if let CgroupError::Verify { .. } = e
+                    && let Ok(read) = actuator::read_memory_high(&dir)
+                    && let Some(o) = owned(self, &w.key)
+                {
+                    o.confirm(Limit(read));
+                }
+                if let Some(m) = self.governed.get_mut(&w.key).and_then(|g| g.mem.as_mut()) {
+                    m.busy_until = Some(now + backoff);
+                    if w.decision.reason == Reason::Placement {
+                        m.set_placed(false);
+                    }
+                }
                 return true;
             }
         }
-        let (direction, reason) = (decision.direction.as_str(), decision.reason.as_str());
+        self.record_memory_action(&w, false);
+        true
+    }
+
+    /// Counts, logs and shows one memory action.
+    fn record_memory_action(&mut self, w: &MemoryWrite, dry_run: bool) {
+        let (direction, reason) = (w.decision.direction.as_str(), w.decision.reason.as_str());
         self.shared.metrics.action("memory", direction, reason);
-        let Some(g) = self.governed.get_mut(key) else {
-            return true;
+        let Some(g) = self.governed.get_mut(&w.key) else {
+            return;
         };
         info!(
-            cgroup = key,
+            cgroup = w.key,
             namespace = g.proxy.namespace,
             pod = g.proxy.pod,
             container = g.proxy.container,
             direction,
             reason,
-            from,
-            to,
-            current = raw.current,
-            pressure = pressure.unwrap_or(0.0),
+            from = w.from,
+            to = w.to,
+            current = w.current,
+            pressure = w.pressure.unwrap_or(0.0),
             dry_run,
             "memory"
         );
@@ -257,10 +361,9 @@ impl Agent {
             resource: "memory",
             direction,
             reason,
-            from,
-            to,
+            from: w.from.clone(),
+            to: w.to.clone(),
             at: now_unix(),
         });
-        true
     }
 }

@@ -48,8 +48,10 @@ pub enum Reason {
     Exit,
     /// Put back by `sidecar-governor restore`.
     Command,
-    /// Put back because the container is no longer a governed proxy.
+    /// Put back because the container is no longer a governed proxy (or its mode is `off`).
     Released,
+    /// Put back because the proxy (or the whole agent) went to dry run.
+    DryRun,
     /// First `memory.high` placement at peak plus headroom after the settle period.
     Placement,
     /// `memory.events` `high`, `max` or `oom_kill` went up: immediate back-off.
@@ -69,6 +71,7 @@ impl Reason {
             Reason::Exit => "exit",
             Reason::Command => "command",
             Reason::Released => "released",
+            Reason::DryRun => "dry_run",
             Reason::Placement => "placement",
             Reason::MemoryEvents => "memory_events",
             Reason::NearLimit => "near_limit",

@@ -5,6 +5,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod harness;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

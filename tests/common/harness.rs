@@ -1,0 +1,81 @@
+//! The whole agent over a fixture [`Node`], driven tick by tick with an injected clock: the
+//! harness the fixture-tree integration tests share.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Container, Node};
+use sidecar_governor::agent::Agent;
+use sidecar_governor::discovery::procfs::ProcfsDiscovery;
+use sidecar_governor::journal::Journal;
+use sidecar_governor::policy::Policy;
+use sidecar_governor::server::Shared;
+
+/// Two cores, Istio's default sidecar limit.
+pub const TWO_CORES: &str = "200000 100000";
+
+/// The agent, its shared state and the clock it is driven by.
+#[derive(Debug)]
+pub struct Harness {
+    pub agent: Agent,
+    pub shared: Arc<Shared>,
+    pub now: Instant,
+}
+
+impl Harness {
+    pub fn new(node: &Node, policy: Policy, dry_run: bool) -> Harness {
+        let journal = Journal::load(&node.state).unwrap();
+        let shared = Arc::new(Shared::default());
+        let discovery = ProcfsDiscovery::new(&node.proc, &node.cgroup);
+        let agent = Agent::new(
+            node.cgroup.clone(),
+            policy,
+            dry_run,
+            Box::new(discovery),
+            journal,
+            shared.clone(),
+        );
+        Harness {
+            agent,
+            shared,
+            now: Instant::now(),
+        }
+    }
+
+    pub fn tick(&mut self) {
+        self.now += Duration::from_secs(1);
+        self.agent.tick(self.now);
+    }
+
+    pub fn metrics(&self) -> String {
+        self.shared.metrics.encode()
+    }
+}
+
+/// Runs `ticks` seconds: each container uses what `load` says under its current quota.
+pub fn run(
+    h: &mut Harness,
+    containers: &mut [&mut Container],
+    ticks: usize,
+    load: impl Fn(usize, u64) -> u64,
+) {
+    for _ in 0..ticks {
+        for (i, c) in containers.iter_mut().enumerate() {
+            let quota = c.quota_millis().unwrap_or(u64::MAX);
+            let demand = load(i, quota);
+            let used = demand.min(quota);
+            c.run_for_a_second(used, demand - used);
+        }
+        h.tick();
+    }
+}
+
+pub fn proxy(node: &mut Node, pod: usize, n: usize) -> Container {
+    let mut c = node.container(pod, n, TWO_CORES);
+    node.process(
+        &mut c,
+        "envoy",
+        &["/usr/local/bin/envoy", "--concurrency", "2"],
+    );
+    c
+}
