@@ -5,8 +5,8 @@
 # writes time out on this kernel under TCG while still landing: measured, a write that lowers
 # memory.high below memory.current reclaims inside the writer and takes 90-180 ms (8-48 MiB of
 # clean ext2 page cache), and even the placement (above the usage, nothing to reclaim) timed out.
-# The proxy holds 64 MiB of page cache (ext2 on a loop device) and 24 MiB of anon memory; the
-# agent places memory.high (~1.25 x 100 MiB), probes down by half (stepDown 0.5), and writes time
+# The proxy holds 48 MiB of page cache (ext2 on a loop device) and 24 MiB of anon memory; the
+# agent places memory.high (~1.25 x 80 MiB), probes down by half (stepDown 0.5), and writes time
 # out (errors_total{kind="write_timeout"} >= 1: a precondition, checked). Then the proxy's anon
 # memory grows to 160 MiB, above every value the agent wrote, at 8 MiB a second. Asserted: the
 # agent raises memory.high with it (>= 160 MiB; the growth completes within 60 s) - an agent
@@ -18,13 +18,13 @@ set -eu
 . /sg/mem-lib.sh
 
 GROW_TO=160
-if ! sg_disk_up 192; then
+if ! sg_disk_up 96; then
 	sg_fail "no block-backed file system (loop + ext2) in the VM"
 	sg_done
 fi
 sg_one_pod own-memory-timeout
 GO=$SG_RUN/ctl/own-grow
-sg_spawn "$PROXY" proxy /bin/envoy --alloc-mib 24 --page-cache-mib 64 --page-cache-dir "$SG_DISK" \
+sg_spawn "$PROXY" proxy /bin/envoy --alloc-mib 24 --page-cache-mib 48 --page-cache-dir "$SG_DISK" \
 	--grow-to-mib "$GROW_TO" --grow-step-mib 8 --grow-when "$GO"
 PROXY_PID=$SG_PID
 export SG_TRACE="P=$PROXY"
