@@ -461,3 +461,83 @@ sg_teardown() {
 	rm -f "$SG_RUN"/failures "$SG_RUN"/pids "$SG_RUN"/agent.* "$SG_RUN"/orig/* "$SG_RUN"/ctl/*
 	rm -f "$SG_RUN"/log/* /tmp/stand-in-*.cache
 }
+
+# ---------------------------------------------------------------------------------------------
+# Ownership scenarios (issue 8: own-*.sh)
+
+# A pod UID made from a short tag (deterministic, shaped like a UUID v4).
+sg_uid() {
+	printf '%s' "$1" | sha256sum | sed -E 's/^(.{8})(.{4}).(.{3}).(.{3})(.{12}).*/\1-\2-4\3-8\4-\5/'
+}
+
+# sg_policy_write: the policy from standard input, replacing $SG_POLICY in one rename (as
+# kubelet swaps a ConfigMap's files), so the agent's hot reload never reads half a file.
+sg_policy_write() {
+	mkdir -p "$(dirname "$SG_POLICY")"
+	cat >"$SG_POLICY.new" && mv -f "$SG_POLICY.new" "$SG_POLICY"
+}
+
+# sg_agent_wait_exit SECONDS: wait for an agent that is expected to exit on its own. Sets
+# SG_AGENT_RC (or "timeout", after which it is killed).
+sg_agent_wait_exit() {
+	if sg_wait "$1" sg_agent_exited; then
+		SG_AGENT_RC=$(cat "$SG_RUN/agent.rc")
+	else
+		SG_AGENT_RC=timeout
+		kill -9 "$SG_AGENT_PID" 2>/dev/null || true
+		sg_wait 5 sg_agent_exited || true
+	fi
+}
+
+# sg_metric_sum NAME [LABEL=VALUE...]: the sum of the /metrics samples of family NAME whose
+# labels include every LABEL="VALUE" given, in any order (0 when there is none).
+sg_metric_sum() {
+	_name=$1
+	shift
+	sg_http /metrics | awk -v n="$_name" -v want="$*" '
+		{ split($1, a, "{"); if (a[1] != n) next
+		  k = split(want, w, " "); ok = 1
+		  for (i = 1; i <= k; i++) {
+			split(w[i], kv, "=")
+			if (index($1, kv[1] "=\"" kv[2] "\"") == 0) ok = 0
+		  }
+		  if (ok) s += $2 }
+		END { printf "%d\n", s }'
+}
+
+# sg_unchanged_for FILE MS: true once FILE has held the same text for MS milliseconds (state is
+# kept between calls, for one file at a time: use it under sg_wait).
+sg_unchanged_for() {
+	_uv=$(cat "$1" 2>/dev/null || echo gone)
+	if [ "$1" != "${_uf_file:-}" ] || [ "$_uv" != "${_uf_val:-}" ]; then
+		_uf_file=$1 _uf_val=$_uv _uf_since=$(sg_now_ms)
+	fi
+	[ $(($(sg_now_ms) - _uf_since)) -ge "$2" ]
+}
+
+# sg_trace_max NAME: the highest quota (millicores) NAME had in the sg_trace_start log; a
+# quota of "max" counts as 999999999.
+sg_trace_max() {
+	awk -v n="$1" '{ for (i = 2; i <= NF; i++) { split($i, kv, "=")
+		if (kv[1] != n) continue
+		v = kv[2]; sub("m$", "", v); if (v == "max") v = 999999999
+		if (v + 0 > m) m = v + 0 } } END { print m + 0 }' "$SG_RUN/trace.log"
+}
+
+# sg_container_gone DIR: the container's end as the runtime makes it when its task is killed:
+# the cgroup disappears with its processes. The processes are moved out first (into
+# $CG/sg-graveyard, outside every pod), the cgroup removed, then the processes killed, so that
+# at no moment does a live proxy process sit outside its container while the cgroup still exists.
+sg_container_gone() {
+	_gy=$(sg_mkcg sg-graveyard)
+	_pids=$(cat "$1/cgroup.procs")
+	for _p in $_pids; do echo "$_p" >"$_gy/cgroup.procs" 2>/dev/null || true; done
+	rmdir "$1" || return 1
+	for _p in $_pids; do kill -9 "$_p" 2>/dev/null || true; done
+	for _p in $_pids; do sg_wait 5 sh -c "! kill -0 $_p 2>/dev/null" || true; done
+}
+
+# The agent's log since its last sg_agent_start.
+sg_agent_log_last() {
+	awk '/^--- agent start / { buf = "" } { buf = buf $0 "\n" } END { printf "%s", buf }' "$SG_RUN/agent.log"
+}
