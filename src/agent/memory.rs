@@ -13,7 +13,7 @@ use super::Agent;
 use crate::actuator;
 use crate::cgroup::CgroupError;
 use crate::controller::{
-    MemoryAction, MemoryBounds, MemoryDecision, MemoryObservation, MemoryState, Reason,
+    Direction, MemoryAction, MemoryBounds, MemoryDecision, MemoryObservation, MemoryState, Reason,
     decide_memory, wants_stat,
 };
 use crate::ownership::{Found, Limit};
@@ -317,7 +317,12 @@ impl Agent {
                     confirm(self, read);
                 }
                 if let Some(m) = self.governed.get_mut(&w.key).and_then(|g| g.mem.as_mut()) {
-                    m.busy_until = Some(now + backoff);
+                    // A lowering write reclaims and may go on for long: leave the cgroup be.
+                    // A raise reclaims nothing; a slow one is retried at the next tick, so a
+                    // growing proxy is never held below its need for `timeoutBackoff`.
+                    if w.decision.direction != Direction::Up {
+                        m.busy_until = Some(now + backoff);
+                    }
                     if w.decision.reason == Reason::Placement {
                         m.set_placed(false);
                     }
