@@ -13,6 +13,7 @@ seed() { # seed SELECTOR NAME TEXT...  (printf format: \n, \0 escapes)
   local sel=$1 name=$2
   shift 2
   n=$((n + 1))
+  # shellcheck disable=SC2059 # the text is a printf format on purpose (\n, \x00)
   { printf "%s" "$sel"; printf -- "$@"; } >"corpus/text/seed-$name-$n"
 }
 
