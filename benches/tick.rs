@@ -3,6 +3,11 @@
 //! of simply reading the same cgroup files (open/read/close each, the way a naive agent
 //! would), measured in the same run. Medians of several repetitions; ratio = agent / baseline.
 //!
+//! Then, in process: N proxies appearing in one tick and all written for the first time in
+//! one tick — wall time of those ticks and the journal bytes they write — against a steady
+//! tick (nothing to write) of the same run, with the journal on disk (`TMPDIR`), fsyncs
+//! included.
+//!
 //! Run: `cargo bench --bench tick` (set `SG_BENCH_SIZES=100,1000` to choose sizes).
 
 #[path = "../tests/common/mod.rs"]
@@ -147,6 +152,67 @@ fn agent_run(node: &common::Node, policy: &Path, ticks: u64) -> Run {
     }
 }
 
+/// Wall time of one tick, in milliseconds.
+fn timed_tick(h: &mut common::harness::Harness, proxies: &mut [common::Container]) -> f64 {
+    for c in proxies.iter_mut() {
+        c.run_for_a_second(1, 0);
+    }
+    let start = Instant::now();
+    h.tick();
+    start.elapsed().as_secs_f64() * 1e3
+}
+
+/// N proxies appear at once, are first written at once, then shrink and settle.
+fn appearing(n: usize) {
+    let mut node = common::Node::new();
+    // The journal on a real disk, as on a node (the fixture tree itself may be tmpfs).
+    let disk = tempfile::tempdir().expect("state dir");
+    node.state = disk.path().join("state");
+    let mut proxies: Vec<common::Container> = (0..n)
+        .map(|i| {
+            let mut c = node.container(i, i, "200000 100000");
+            node.process(&mut c, "envoy", &["/usr/local/bin/envoy"]);
+            c
+        })
+        .collect();
+    let policy = sidecar_governor::policy::Policy::from_yaml(
+        "interval: 1s\nmatch:\n  rescanInterval: 3600s\ncpu:\n  scaleDownAfter: 3s\nmemory:\n  enabled: false\n",
+    )
+    .expect("policy");
+    let mut h = common::harness::Harness::new(&node, policy, false);
+    let appear = timed_tick(&mut h, &mut proxies);
+    let mut first_write = None;
+    let mut writing = Vec::new();
+    let mut steady = Vec::new();
+    for _ in 0..80 {
+        let before = h.agent.journal().stats();
+        let ms = timed_tick(&mut h, &mut proxies);
+        let after = h.agent.journal().stats();
+        let bytes = after.bytes - before.bytes;
+        match (bytes, first_write) {
+            (0, _) => steady.push(ms),
+            (_, None) => first_write = Some((ms, bytes, after.writes - before.writes)),
+            _ => writing.push(ms),
+        }
+    }
+    let (fw_ms, fw_bytes, fw_writes) = first_write.expect("the proxies were never written");
+    let steady_ms = median(steady);
+    let stats = h.agent.journal().stats();
+    println!(
+        "{:>6} {:>12.2} {:>14.2} {:>12} {:>8} {:>14.2} {:>11.2} {:>9.2} {:>9.2} {:>9}",
+        n,
+        appear,
+        fw_ms,
+        fw_bytes,
+        fw_writes,
+        median(writing),
+        steady_ms,
+        appear / steady_ms,
+        fw_ms / steady_ms,
+        stats.writes
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this too: keep that quick.
     let quick = !std::env::args().any(|a| a == "--bench");
@@ -204,5 +270,22 @@ fn main() {
             peak as f64 / 1024.0,
             ticks
         );
+    }
+    println!(
+        "\n{:>6} {:>12} {:>14} {:>12} {:>8} {:>14} {:>11} {:>9} {:>9} {:>9}",
+        "proxies",
+        "appear (ms)",
+        "1st write (ms)",
+        "1st bytes",
+        "flushes",
+        "writing (ms)",
+        "steady (ms)",
+        "appear/x",
+        "write/x",
+        "journal"
+    );
+    let appear_sizes: Vec<usize> = if quick { vec![20] } else { vec![100, 1000] };
+    for n in appear_sizes {
+        appearing(n);
     }
 }

@@ -30,7 +30,7 @@ use crate::controller::{
 use crate::discovery::{Discovery, Proxy};
 use crate::events::{EventReason, EventSink, NoEvents, PodEvent};
 use crate::journal::{Journal, JournalError};
-use crate::metrics::ProxyLabels;
+use crate::metrics::{ErrorKind, ProxyLabels};
 use crate::ownership::{ContainerRecord, CpuMaxValue, Found, Limit, Owned};
 use crate::policy::{CpuPolicy, Mode, Policy};
 use crate::quantity::format_cpu_millis;
@@ -395,7 +395,7 @@ impl Agent {
                 true
             }
             Err(e) => {
-                self.shared.metrics.error("journal");
+                self.shared.metrics.error(ErrorKind::Journal);
                 if self.journal_failing.is_none() {
                     warn!(error = %e, "cannot write the journal; no cgroup writes until it can be written");
                 }
@@ -419,7 +419,7 @@ impl Agent {
             Ok(found) => found,
             Err(e) => {
                 warn!(error = %e, "discovery failed; keeping the current proxy set");
-                self.shared.metrics.error("discovery");
+                self.shared.metrics.error(ErrorKind::Discovery);
                 return;
             }
         };
@@ -526,9 +526,9 @@ impl Agent {
         };
         let memory_high = mem.as_ref().map(|m| m.found_high);
         let mut outside = Vec::new();
-        let record = match self.journal.container_mut(&proxy.key) {
+        let reconciled = self.journal.container_mut(&proxy.key).map(|mut r| {
             // Restarted after changing it: reconcile each file with what was journaled.
-            Some(r) => {
+            {
                 if r.cpu_max.observe(CpuMaxValue(first.cpu_max)).0 == Found::Outside {
                     outside.push("cpu.max");
                 }
@@ -550,8 +550,11 @@ impl Agent {
                 if memory_outside {
                     outside.push("memory.high");
                 }
-                r.clone()
+                ContainerRecord::clone(&r)
             }
+        });
+        let record = match reconciled {
+            Some(r) => r,
             None => {
                 let r = untouched_record(&proxy, first.cpu_max, burst, memory_high);
                 self.journal.insert_container(&proxy.key, r.clone());
@@ -579,7 +582,7 @@ impl Agent {
                 error = problem.as_str(),
                 "bad pod annotation; the pod is left at the policy's settings"
             );
-            self.shared.metrics.error("annotation");
+            self.shared.metrics.error(ErrorKind::Annotation);
         }
         let mem = mem.map(|mut m| {
             // Placed only once a write of the agent's may have landed.
@@ -805,7 +808,7 @@ impl Agent {
         let classified = record.cpu_max.classify(&CpuMaxValue(sample.cpu_max));
         let touched = record.cpu_max.touched();
         if classified != Found::Untouched || touched {
-            let Some(r) = self.journal.container_mut(key) else {
+            let Some(mut r) = self.journal.container_mut(key) else {
                 return Step::Steady;
             };
             r.cpu_max.observe(CpuMaxValue(sample.cpu_max));
@@ -897,7 +900,7 @@ impl Agent {
         };
         let hold_pod = (p.above_limit || record.pod_hold.is_some())
             && self.ensure_pod_record(&pod_key, &pod_dir).ok()?;
-        let record = self.journal.container_mut(&p.key)?;
+        let mut record = self.journal.container_mut(&p.key)?;
         let burst_plan = match (record.cpu_max_burst.as_mut(), burst) {
             (Some(owned), Some(now)) => {
                 owned.observe(Limit(Some(now)));
@@ -913,7 +916,10 @@ impl Agent {
         record.cpu_max.begin(CpuMaxValue(cpu_max));
         if hold_pod {
             record.pod_hold = Some(pod_key.clone());
-            if let Some(pod) = self.journal.pod_mut(&pod_key) {
+        }
+        drop(record);
+        if hold_pod {
+            if let Some(mut pod) = self.journal.pod_mut(&pod_key) {
                 pod.holders.insert(p.key.clone());
             }
             self.pods_due.insert(pod_key);
@@ -933,7 +939,7 @@ impl Agent {
         };
         match actuator::write_cpu(&dir, &w.cpu_max, w.burst) {
             Ok(()) => {
-                if let Some(r) = self.journal.container_mut(&key) {
+                if let Some(mut r) = self.journal.container_mut(&key) {
                     r.cpu_max.confirm(CpuMaxValue(w.cpu_max));
                     if let (Some(o), Some((_, to))) = (r.cpu_max_burst.as_mut(), w.burst) {
                         o.confirm(Limit(Some(to)));
@@ -1133,7 +1139,7 @@ impl Agent {
         let journal_error = self.journal.flush().err();
         if let Some(e) = &journal_error {
             warn!(error = %e, "cannot update the journal on exit");
-            self.shared.metrics.error("journal");
+            self.shared.metrics.error(ErrorKind::Journal);
         }
         for g in self.governed.values() {
             self.shared.metrics.forget(&g.labels);

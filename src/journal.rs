@@ -103,6 +103,65 @@ pub struct Journal {
     stats: WriteStats,
 }
 
+/// What of a record the journal must write out when it changes (cheap to take every tick).
+pub trait Snapshot {
+    type Of: PartialEq;
+    fn snapshot(&self) -> Self::Of;
+}
+
+impl Snapshot for ContainerRecord {
+    type Of = (
+        Owned<CpuMaxValue>,
+        Option<Owned<Limit>>,
+        Option<Owned<Limit>>,
+        bool,
+    );
+    fn snapshot(&self) -> Self::Of {
+        (
+            self.cpu_max,
+            self.cpu_max_burst,
+            self.memory_high,
+            self.pod_hold.is_some(),
+        )
+    }
+}
+
+impl Snapshot for PodRecord {
+    type Of = (Owned<CpuMaxValue>, usize);
+    fn snapshot(&self) -> Self::Of {
+        (self.cpu_max, self.holders.len())
+    }
+}
+
+/// A record being changed: marks the journal due a flush on drop if it changed.
+#[derive(Debug)]
+pub struct RecordMut<'a, R: Snapshot> {
+    record: &'a mut R,
+    dirty: &'a mut bool,
+    before: R::Of,
+}
+
+impl<R: Snapshot> std::ops::Deref for RecordMut<'_, R> {
+    type Target = R;
+    fn deref(&self) -> &R {
+        self.record
+    }
+}
+
+impl<R: Snapshot> std::ops::DerefMut for RecordMut<'_, R> {
+    fn deref_mut(&mut self) -> &mut R {
+        self.record
+    }
+}
+
+impl<R: Snapshot> Drop for RecordMut<'_, R> {
+    fn drop(&mut self) {
+        if self.record.snapshot() != self.before {
+            *self.dirty = true;
+        }
+    }
+}
+
 /// Holds the state directory's lock for as long as it lives.
 #[derive(Debug)]
 pub struct StateLock {
@@ -272,11 +331,25 @@ impl Journal {
         self.containers.get(key)
     }
 
-    /// The record of container `key` to change (the journal is then due a flush).
-    pub fn container_mut(&mut self, key: &str) -> Option<&mut ContainerRecord> {
-        let record = self.containers.get_mut(key);
-        self.dirty |= record.is_some();
-        record
+    /// The record of container `key` to change; the journal is due a flush only if an owned
+    /// value or the pod hold actually changed (checked when the returned guard drops).
+    pub fn container_mut(&mut self, key: &str) -> Option<RecordMut<'_, ContainerRecord>> {
+        let record = self.containers.get_mut(key)?;
+        let before = record.snapshot();
+        Some(RecordMut {
+            record,
+            dirty: &mut self.dirty,
+            before,
+        })
+    }
+
+    /// Changes container `key`'s record with `change` (see [`Self::container_mut`]).
+    pub fn update_container<T>(
+        &mut self,
+        key: &str,
+        change: impl FnOnce(&mut ContainerRecord) -> T,
+    ) -> Option<T> {
+        self.container_mut(key).map(|mut r| change(&mut r))
     }
 
     /// Adds or replaces a container's record.
@@ -302,11 +375,15 @@ impl Journal {
         self.pods.get(key)
     }
 
-    /// The record of pod `key` to change (the journal is then due a flush).
-    pub fn pod_mut(&mut self, key: &str) -> Option<&mut PodRecord> {
-        let record = self.pods.get_mut(key);
-        self.dirty |= record.is_some();
-        record
+    /// The record of pod `key` to change (due a flush only if it changed).
+    pub fn pod_mut(&mut self, key: &str) -> Option<RecordMut<'_, PodRecord>> {
+        let record = self.pods.get_mut(key)?;
+        let before = record.snapshot();
+        Some(RecordMut {
+            record,
+            dirty: &mut self.dirty,
+            before,
+        })
     }
 
     /// Adds or replaces a pod's record.
@@ -498,12 +575,17 @@ mod tests {
         )
         .unwrap();
         let mut j = Journal::load(dir.path()).unwrap();
-        let r = j.container_mut("kubepods/burstable/poduid/cid").unwrap();
+        let mut r = j.container_mut("kubepods/burstable/poduid/cid").unwrap();
         assert_eq!(r.pod_hold.as_deref(), Some("kubepods/burstable/poduid"));
         let shrunk = CpuMaxValue(parse_cpu_max("10000 100000").unwrap());
         assert_eq!(r.cpu_max.observe(shrunk).0, Found::Ours);
         assert_eq!(r.cpu_max.written, Some(shrunk));
         assert_eq!(r.cpu_max.original.0.to_string(), "200000 100000");
+        drop(r);
+        assert!(
+            j.is_dirty(),
+            "the first reading of a migrated record changes it"
+        );
         let pod = j.pod("kubepods/burstable/poduid").unwrap();
         assert!(pod.holders.contains("kubepods/burstable/poduid/cid"));
         // Written back as version 2.
@@ -545,6 +627,21 @@ mod tests {
         fs::remove_dir_all(state.join(FILE_NAME)).unwrap();
         assert!(j.flush().unwrap(), "recovers once the path is free");
         assert_eq!(Journal::load(&state).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn reading_a_record_without_changing_it_costs_no_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::load(dir.path()).unwrap();
+        j.insert_container("a/b", touched("200000 100000", "10000 100000"));
+        j.flush().unwrap();
+        let same = CpuMaxValue(parse_cpu_max("10000 100000").unwrap());
+        j.container_mut("a/b").unwrap().cpu_max.observe(same);
+        assert!(!j.is_dirty());
+        assert!(!j.flush().unwrap());
+        let other = CpuMaxValue(parse_cpu_max("20000 100000").unwrap());
+        j.container_mut("a/b").unwrap().cpu_max.begin(other);
+        assert!(j.flush().unwrap());
     }
 
     #[test]

@@ -35,6 +35,62 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+/// What went wrong, as counted in `errors_total{kind}`: a small, fixed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    Read,
+    ReadGone,
+    Parse,
+    Write,
+    WriteEinval,
+    WriteDenied,
+    WriteTimeout,
+    WriteGone,
+    InvalidValue,
+    Verify,
+    Journal,
+    Discovery,
+    Annotation,
+}
+
+impl ErrorKind {
+    /// Every kind (pre-created at 0, so a rate() over them works from the start).
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::Read,
+        ErrorKind::ReadGone,
+        ErrorKind::Parse,
+        ErrorKind::Write,
+        ErrorKind::WriteEinval,
+        ErrorKind::WriteDenied,
+        ErrorKind::WriteTimeout,
+        ErrorKind::WriteGone,
+        ErrorKind::InvalidValue,
+        ErrorKind::Verify,
+        ErrorKind::Journal,
+        ErrorKind::Discovery,
+        ErrorKind::Annotation,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Read => "read",
+            ErrorKind::ReadGone => "read_gone",
+            ErrorKind::Parse => "parse",
+            ErrorKind::Write => "write",
+            ErrorKind::WriteEinval => "write_einval",
+            ErrorKind::WriteDenied => "write_denied",
+            ErrorKind::WriteTimeout => "write_timeout",
+            ErrorKind::WriteGone => "write_gone",
+            ErrorKind::InvalidValue => "invalid_value",
+            ErrorKind::Verify => "verify",
+            ErrorKind::Journal => "journal",
+            ErrorKind::Discovery => "discovery",
+            ErrorKind::Annotation => "annotation",
+        }
+    }
+}
+
 /// Labels of `config_reloads_total` and `events_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -232,29 +288,21 @@ impl Metrics {
             m.events.clone(),
         );
         // Known error kinds exist from the start at 0, so alerts on their rate see a series.
-        for kind in [
-            "read",
-            "read_gone",
-            "parse",
-            "write",
-            "write_einval",
-            "write_denied",
-            "write_timeout",
-            "write_gone",
-            "invalid_value",
-            "verify",
-            "journal",
-            "discovery",
-            "annotation",
-        ] {
-            let _ = m.errors.get_or_create(&ErrorLabels { kind });
+        for kind in ErrorKind::ALL {
+            let _ = m.errors.get_or_create(&ErrorLabels {
+                kind: kind.as_str(),
+            });
         }
         Metrics { registry, ..m }
     }
 
     /// Counts one error of `kind`.
-    pub fn error(&self, kind: &'static str) {
-        self.errors.get_or_create(&ErrorLabels { kind }).inc();
+    pub fn error(&self, kind: ErrorKind) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                kind: kind.as_str(),
+            })
+            .inc();
     }
 
     /// Counts one action.
@@ -350,7 +398,7 @@ mod tests {
         m.proxies.set(1);
         m.cpu_quota_millicores.get_or_create(&labels).set(250.0);
         m.action("cpu", "down", "idle");
-        m.error("read");
+        m.error(ErrorKind::Read);
         let text = m.encode();
         for name in [
             "sidecar_governor_proxies 1",

@@ -54,10 +54,12 @@ pub fn parse_cpu_millis(text: &str) -> Result<u64, QuantityError> {
         return Err(QuantityError::Empty);
     }
     let (number, unit) = split_number(text);
-    let value = parse_decimal(number, text)?;
-    let millis = match unit {
-        "m" => value,
-        "" => value * 1000.0,
+    if number.is_empty() {
+        return Err(QuantityError::Malformed(text.to_string()));
+    }
+    let scale = match unit {
+        "m" => 0,
+        "" => 3,
         other => {
             return Err(QuantityError::UnknownUnit {
                 value: text.to_string(),
@@ -66,16 +68,61 @@ pub fn parse_cpu_millis(text: &str) -> Result<u64, QuantityError> {
             });
         }
     };
-    if millis <= 0.0 {
+    let millis = decimal_scaled(number, text, scale)?;
+    if millis == 0 {
         return Err(QuantityError::NotPositive(text.to_string()));
     }
-    if millis.fract() != 0.0 {
-        return Err(QuantityError::TooFine(text.to_string()));
-    }
-    if millis > 1.0e9 {
+    if millis > 1_000_000_000 {
         return Err(QuantityError::TooLarge(text.to_string()));
     }
-    Ok(millis as u64)
+    Ok(millis)
+}
+
+/// A decimal `int[.frac]` times 10^`scale`, exactly (no binary floating point: `1.005` is
+/// 1005 thousandths, not 1004.999...). More significant fraction digits than `scale` are
+/// finer than the unit; a negative number is not positive.
+fn decimal_scaled(number: &str, whole: &str, scale: u32) -> Result<u64, QuantityError> {
+    let malformed = || QuantityError::Malformed(whole.to_string());
+    let (negative, digits) = match number.as_bytes().first() {
+        Some(b'-') => (true, &number[1..]),
+        Some(b'+') => (false, &number[1..]),
+        _ => (false, number),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return Err(malformed());
+    }
+    let frac = frac.trim_end_matches('0');
+    if frac.len() > scale as usize {
+        return Err(QuantityError::TooFine(whole.to_string()));
+    }
+    let too_large = || QuantityError::TooLarge(whole.to_string());
+    let int_value = int
+        .trim_start_matches('0')
+        .parse::<u64>()
+        .or_else(|e| {
+            if int.trim_start_matches('0').is_empty() {
+                Ok(0)
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(|_| too_large())?;
+    let frac_value = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<u64>().map_err(|_| malformed())? * 10u64.pow(scale - frac.len() as u32)
+    };
+    let value = int_value
+        .checked_mul(10u64.pow(scale))
+        .and_then(|v| v.checked_add(frac_value))
+        .ok_or_else(too_large)?;
+    if negative && value > 0 {
+        return Err(QuantityError::NotPositive(whole.to_string()));
+    }
+    Ok(value)
 }
 
 /// Parses a memory quantity (`"64Mi"`, `"1G"`, `"1048576"`, `"1.5Gi"`) into bytes.
@@ -213,6 +260,12 @@ mod tests {
         assert_eq!(parse_cpu_millis("0.5"), Ok(500));
         assert_eq!(parse_cpu_millis(" 1.25 "), Ok(1250));
         assert_eq!(parse_cpu_millis("1000m"), Ok(1000));
+        // Exact decimals: binary floating point would make 1.005 cores 1004.999...m.
+        assert_eq!(parse_cpu_millis("1.005"), Ok(1005));
+        assert_eq!(parse_cpu_millis("0.1"), Ok(100));
+        assert_eq!(parse_cpu_millis("2.5000"), Ok(2500));
+        assert_eq!(parse_cpu_millis(".5"), Ok(500));
+        assert_eq!(parse_cpu_millis("+250m"), Ok(250));
     }
 
     #[test]
@@ -244,6 +297,22 @@ mod tests {
         ));
         assert!(matches!(
             parse_cpu_millis("1.2.3"),
+            Err(QuantityError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_cpu_millis("1.5m"),
+            Err(QuantityError::TooFine(_))
+        ));
+        assert!(matches!(
+            parse_cpu_millis("99999999999999999999"),
+            Err(QuantityError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse_cpu_millis("."),
+            Err(QuantityError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_cpu_millis("-"),
             Err(QuantityError::Malformed(_))
         ));
     }

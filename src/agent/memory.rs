@@ -152,13 +152,12 @@ impl Agent {
         };
         let found = Limit(raw.high);
         let kind = owned.classify(&found);
-        if kind != Found::Untouched
-            && let Some(o) = self
-                .journal
-                .container_mut(key)
-                .and_then(|r| r.memory_high.as_mut())
-        {
-            o.observe(found);
+        if kind != Found::Untouched {
+            self.journal.update_container(key, |r| {
+                if let Some(o) = r.memory_high.as_mut() {
+                    o.observe(found);
+                }
+            });
         }
         if kind == Found::Outside && owned.touched() {
             warn!(
@@ -254,13 +253,12 @@ impl Agent {
     /// Records each `memory.high` about to be written as pending in its container's record.
     pub(super) fn stage_memory(&mut self, writes: Vec<MemoryWrite>) -> Vec<MemoryWrite> {
         for w in &writes {
-            if let MemoryAction::SetHigh(b) = w.action
-                && let Some(o) = self
-                    .journal
-                    .container_mut(&w.key)
-                    .and_then(|r| r.memory_high.as_mut())
-            {
-                o.begin(Limit(Some(b)));
+            if let MemoryAction::SetHigh(b) = w.action {
+                self.journal.update_container(&w.key, |r| {
+                    if let Some(o) = r.memory_high.as_mut() {
+                        o.begin(Limit(Some(b)));
+                    }
+                });
             }
         }
         writes
@@ -288,21 +286,17 @@ impl Agent {
             MemoryAction::SetHigh(b) => actuator::set_memory_high(&dir, Some(b), timeout),
             MemoryAction::Reclaim(b) => actuator::reclaim_memory(&dir, b, timeout).map(|()| None),
         };
-        fn owned<'a>(
-            agent: &'a mut Agent,
-            key: &str,
-        ) -> Option<&'a mut crate::ownership::Owned<Limit>> {
-            agent
-                .journal
-                .container_mut(key)
-                .and_then(|r| r.memory_high.as_mut())
-        }
+        let confirm = |agent: &mut Agent, value: Option<u64>| {
+            agent.journal.update_container(&w.key, |r| {
+                if let Some(o) = r.memory_high.as_mut() {
+                    o.confirm(Limit(value));
+                }
+            });
+        };
         match result {
             Ok(now_high) => {
-                if let MemoryAction::SetHigh(_) = w.action
-                    && let Some(o) = owned(self, &w.key)
-                {
-                    o.confirm(Limit(now_high));
+                if let MemoryAction::SetHigh(_) = w.action {
+                    confirm(self, now_high);
                 }
                 if let Some(m) = self.governed.get_mut(&w.key).and_then(|g| g.mem.as_mut())
                     && let Some(prev) = m.prev.as_mut()
@@ -319,9 +313,8 @@ impl Agent {
                 // value came from the agent's own write and is the agent's.
                 if let CgroupError::Verify { .. } = e
                     && let Ok(read) = actuator::read_memory_high(&dir)
-                    && let Some(o) = owned(self, &w.key)
                 {
-                    o.confirm(Limit(read));
+                    confirm(self, read);
                 }
                 if let Some(m) = self.governed.get_mut(&w.key).and_then(|g| g.mem.as_mut()) {
                     m.busy_until = Some(now + backoff);

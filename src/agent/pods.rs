@@ -78,7 +78,7 @@ impl Agent {
                 _ => {}
             }
             let holders = pod.holders.clone();
-            let Some(pod) = self.journal.pod_mut(&key) else {
+            let Some(mut pod) = self.journal.pod_mut(&key) else {
                 continue;
             };
             let (kind, _) = pod.cpu_max.observe(found);
@@ -137,7 +137,7 @@ impl Agent {
                 continue;
             }
             let raise = target.millis() > intended.millis();
-            if let Some(pod) = self.journal.pod_mut(&key) {
+            if let Some(mut pod) = self.journal.pod_mut(&key) {
                 pod.cpu_max.begin(CpuMaxValue(target));
             }
             writes.push(PodWrite { key, target, raise });
@@ -151,7 +151,7 @@ impl Agent {
             let dir = self.cgroup_root.join(&w.key);
             match actuator::write_cpu_max(&dir, &w.target) {
                 Ok(now) => {
-                    if let Some(pod) = self.journal.pod_mut(&w.key) {
+                    if let Some(mut pod) = self.journal.pod_mut(&w.key) {
                         pod.cpu_max.confirm(CpuMaxValue(now));
                     }
                 }

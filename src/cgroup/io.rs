@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use nix::errno::Errno;
+
 use super::parse::ParseError;
+use crate::metrics::ErrorKind;
 
 /// A failure on one cgroup file.
 #[derive(Debug, thiserror::Error)]
@@ -64,33 +67,36 @@ impl CgroupError {
     /// churn, not faults.
     pub fn is_gone(&self) -> bool {
         io_source(self).is_some_and(|e| {
-            e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc_enodev())
+            e.kind() == io::ErrorKind::NotFound || errno_of(e) == Some(Errno::ENODEV)
         })
     }
 
-    /// A short, bounded label for the `errors_total{kind}` metric.
-    pub fn kind(&self) -> &'static str {
-        let errno = io_source(self).and_then(io::Error::raw_os_error);
+    /// What kind of error this is, for the `errors_total{kind}` metric.
+    pub fn kind(&self) -> ErrorKind {
+        let errno = io_source(self).and_then(errno_of);
         match (self, errno) {
             (CgroupError::Open { .. } | CgroupError::Read { .. }, _) if self.is_gone() => {
-                "read_gone"
+                ErrorKind::ReadGone
             }
-            (CgroupError::Open { .. } | CgroupError::Read { .. }, _) => "read",
-            (CgroupError::Write { .. }, Some(22)) => "write_einval",
-            (CgroupError::Write { .. }, _) if self.is_gone() => "write_gone",
-            (CgroupError::Write { .. }, Some(1 | 13 | 30)) => "write_denied",
-            (CgroupError::Write { .. }, Some(11)) => "write_timeout",
-            (CgroupError::Write { .. }, _) => "write",
-            (CgroupError::Parse { .. }, _) => "parse",
-            (CgroupError::Invalid { .. }, _) => "invalid_value",
-            (CgroupError::Verify { .. }, _) => "verify",
-            (CgroupError::Timeout { .. }, _) => "write_timeout",
+            (CgroupError::Open { .. } | CgroupError::Read { .. }, _) => ErrorKind::Read,
+            (CgroupError::Write { .. }, Some(Errno::EINVAL)) => ErrorKind::WriteEinval,
+            (CgroupError::Write { .. }, _) if self.is_gone() => ErrorKind::WriteGone,
+            (CgroupError::Write { .. }, Some(Errno::EPERM | Errno::EACCES | Errno::EROFS)) => {
+                ErrorKind::WriteDenied
+            }
+            (CgroupError::Write { .. }, Some(Errno::EAGAIN)) => ErrorKind::WriteTimeout,
+            (CgroupError::Write { .. }, _) => ErrorKind::Write,
+            (CgroupError::Parse { .. }, _) => ErrorKind::Parse,
+            (CgroupError::Invalid { .. }, _) => ErrorKind::InvalidValue,
+            (CgroupError::Verify { .. }, _) => ErrorKind::Verify,
+            (CgroupError::Timeout { .. }, _) => ErrorKind::WriteTimeout,
         }
     }
 }
 
-const fn libc_enodev() -> i32 {
-    19
+/// The errno of an I/O error, by name.
+fn errno_of(e: &io::Error) -> Option<Errno> {
+    e.raw_os_error().map(Errno::from_raw)
 }
 
 /// No cgroup interface file the agent reads comes near this; anything larger is not one.
@@ -367,11 +373,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = read_value(dir.path(), "cpu.max", parse_cpu_max).unwrap_err();
         assert!(err.is_gone());
-        assert_eq!(err.kind(), "read_gone");
+        assert_eq!(err.kind(), ErrorKind::ReadGone);
         assert!(err.to_string().contains("cpu.max"), "{err}");
         std::fs::write(dir.path().join("cpu.max"), "garbage\n").unwrap();
         let err = read_value(dir.path(), "cpu.max", parse_cpu_max).unwrap_err();
-        assert_eq!(err.kind(), "parse");
+        assert_eq!(err.kind(), ErrorKind::Parse);
         assert!(err.to_string().starts_with("parse "), "{err}");
     }
 
@@ -387,7 +393,7 @@ mod tests {
             parse_cpu_max,
         )
         .unwrap_err();
-        assert_eq!(err.kind(), "write_gone");
+        assert_eq!(err.kind(), ErrorKind::WriteGone);
         assert!(!dir.path().join("cpu.max").exists());
 
         std::fs::write(dir.path().join("cpu.max"), "200000 100000\n").unwrap();
@@ -404,6 +410,6 @@ mod tests {
         let other = parse_cpu_max("60000 100000").unwrap();
         let err = write_verified(dir.path(), "cpu.max", "50000 100000", &other, parse_cpu_max)
             .unwrap_err();
-        assert_eq!(err.kind(), "verify");
+        assert_eq!(err.kind(), ErrorKind::Verify);
     }
 }
