@@ -96,18 +96,21 @@ sg_cluster_host_modules() {
 		cp "$deb" "$SG_VM_CACHE/debs/"
 	fi
 	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" "./lib/modules/$ver" || sg_host_die "no modules in $deb"
-	depmod -b "$tmp" "$ver" || sg_host_die "depmod failed"
+	# busybox's depmod (the VM's modprobe is busybox's too): modules.dep lists every module's
+	# dependencies transitively.
+	busybox depmod -b "$tmp" "$ver" || sg_host_die "depmod failed"
+	local mdir=$tmp/lib/modules/$ver
 	rm -rf "$SG_CLUSTER_MODDIR"
 	mkdir -p "$SG_CLUSTER_MODDIR/lib/modules/$ver"
-	cp "$tmp/lib/modules/$ver"/modules.builtin* "$tmp/lib/modules/$ver/modules.order" "$SG_CLUSTER_MODDIR/lib/modules/$ver/"
 	for m in $SG_CLUSTER_MODULES; do
-		modprobe -d "$tmp" -S "$ver" --show-depends "$m" >>"$tmp/deps" || sg_host_die "no module $m in $deb"
+		grep -E "/$m\.ko:" "$mdir/modules.dep" >>"$tmp/deps" || sg_host_die "no module $m in $deb"
 	done
-	awk '$1 == "insmod" { print $2 }' "$tmp/deps" | sort -u | while read -r dep; do
-		mkdir -p "$SG_CLUSTER_MODDIR$(dirname "${dep#"$tmp"}")"
-		cp "$dep" "$SG_CLUSTER_MODDIR${dep#"$tmp"}"
+	tr -d ':' <"$tmp/deps" | tr ' ' '\n' | sort -u | while read -r dep; do
+		[[ -n $dep ]] || continue
+		mkdir -p "$SG_CLUSTER_MODDIR/lib/modules/$ver/$(dirname "$dep")"
+		cp "$mdir/$dep" "$SG_CLUSTER_MODDIR/lib/modules/$ver/$dep"
 	done
-	depmod -b "$SG_CLUSTER_MODDIR" "$ver" || sg_host_die "depmod failed"
+	busybox depmod -b "$SG_CLUSTER_MODDIR" "$ver" || sg_host_die "depmod failed"
 	rm -rf "$tmp"
 	touch "$SG_CLUSTER_MODDIR/.complete"
 	sg_host_log "cluster modules: $(find "$SG_CLUSTER_MODDIR" -name '*.ko' | wc -l) in $SG_CLUSTER_MODDIR"

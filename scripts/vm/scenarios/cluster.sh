@@ -61,7 +61,10 @@ UNTOUCHED="$A_PP $A_RT $G $E $(dirname "$S_PP") $(dirname "$S_RT") $(dirname "$G
 sg_untouched_snapshot $UNTOUCHED >"$SG_RUN/untouched.before"
 
 # ---------------------------------------------------------------------------------------------
-# Install as a user would.
+# Install as a user would (the Prometheus Operator's kinds registered first, as on a cluster with
+# the operator: scripts/vm/cluster/crds-monitoring.yaml).
+k apply -f "$SG_CLUSTER_DIR/crds-monitoring.yaml" >/dev/null
+k wait --for=condition=Established --timeout=60s crd/servicemonitors.monitoring.coreos.com crd/prometheusrules.monitoring.coreos.com >/dev/null
 k apply -k "$SG_CLUSTER_DIR/overlay" >"$SG_RUN/apply.log" 2>&1 || sg_fail "kubectl apply -k: $(tail -n 3 "$SG_RUN/apply.log")"
 sg_log "kubectl apply -k: $(tr '\n' ';' <"$SG_RUN/apply.log")"
 if ! k -n sidecar-governor rollout status ds/sidecar-governor --timeout=300s >/dev/null 2>&1; then
