@@ -159,7 +159,14 @@ build_helm() {
 	local dir m=helm.sh/helm/v3
 	dir=$(dir_of helm)
 	gomod "$dir" "$m" "$HELM_VERSION" "$m/cmd/helm" </dev/null
-	build helm "-X $m/internal/version.version=$HELM_VERSION -X $m/internal/version.gitTreeState=clean" "$m/cmd/helm"
+	# The Kubernetes version helm assumes without a cluster (helm template, lint), as helm's
+	# Makefile sets it: client-go v0.N.x -> 1.N.
+	local cg kminor ld
+	cg=$(cd "$dir/mod" && go list -m -f '{{.Version}}' k8s.io/client-go)
+	kminor=$(cut -d. -f2 <<<"$cg")
+	ld="-X $m/internal/version.version=$HELM_VERSION -X $m/internal/version.gitTreeState=clean"
+	for p in pkg/lint/rules pkg/chartutil; do ld="$ld -X $m/$p.k8sVersionMajor=1 -X $m/$p.k8sVersionMinor=$kminor"; done
+	build helm "$ld" "$m/cmd/helm"
 }
 
 for c in "${comps[@]}"; do
