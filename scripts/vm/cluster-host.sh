@@ -21,7 +21,7 @@
 SG_CLUSTER_ROOT=${SG_CLUSTER_ROOT:-$SG_VM_CACHE/cluster-root}
 SG_CLUSTER_DEBS="runc containernetworking-plugins nftables libnftables1 libnftnl11 libmnl0 libjansson4 libgmp10 libxtables12 libedit2 libbsd0 libmd0 libtinfo6 libseccomp2"
 # Modules the node needs (dependencies are added from modules.dep).
-SG_CLUSTER_MODULES="bridge br_netfilter veth dummy nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_fib_inet nft_fib_ipv4 nft_fib_ipv6 nft_numgen nft_reject_inet nft_limit nft_hash nf_conntrack nf_nat nf_conntrack_netlink overlay"
+SG_CLUSTER_MODULES="crc32c_generic bridge br_netfilter veth dummy nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_fib_inet nft_fib_ipv4 nft_fib_ipv6 nft_numgen nft_reject_inet nft_limit nft_hash nf_conntrack nf_nat nf_conntrack_netlink overlay"
 
 sg_cluster_host_build() {
 	local out

@@ -54,7 +54,8 @@ sg_bg() {
 }
 
 sg_cluster_net() {
-	for _m in bridge br_netfilter veth dummy nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_fib_inet \
+	# crc32c_generic first: libcrc32c (nf_tables, nf_conntrack) asks the crypto API for crc32c (a softdep).
+	for _m in crc32c_generic bridge br_netfilter veth dummy nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_fib_inet \
 		nft_fib_ipv4 nft_fib_ipv6 nft_numgen nft_reject_inet nft_limit nft_hash nf_conntrack nf_nat nf_conntrack_netlink overlay; do
 		modprobe "$_m" 2>>"$SG_CLOG/modprobe.log" || sg_log "modprobe $_m failed: $(tail -n 1 "$SG_CLOG/modprobe.log")"
 	done
@@ -110,20 +111,24 @@ sg_cluster_control_plane() {
 		--bind-address=127.0.0.1 --leader-elect=false --profiling=false --v=1
 }
 
-sg_cluster_node() {
+# containerd and the images: started while the API server comes up (they do not need it).
+sg_cluster_runtime() {
 	sg_bg containerd containerd --config "$SG_CLUSTER_DIR/containerd.toml"
 	if ! sg_wait 120 sh -c 'ctr version >/dev/null 2>&1'; then
 		sg_fail "containerd did not answer within 120 s"
 		return 1
 	fi
 	for _i in images agent-image; do
-		if ! ctr -n k8s.io images import --snapshotter native "$SG_CLUSTER_DIR/$_i.tar" >>"$SG_CLOG/import.log" 2>&1; then
+		if ! ctr -n k8s.io images import --platform linux/amd64 --snapshotter native "$SG_CLUSTER_DIR/$_i.tar" >>"$SG_CLOG/import.log" 2>&1; then
 			sg_fail "ctr images import $_i.tar failed: $(tail -n 2 "$SG_CLOG/import.log" | tr '\n' ' ')"
 			return 1
 		fi
 	done
 	sg_log "images: $(ctr -n k8s.io images ls -q | tr '\n' ' ')"
 	sg_phase containerd-images
+}
+
+sg_cluster_node() {
 	sg_bg kubelet kubelet --config="$SG_CLUSTER_DIR/kubelet.yaml" --kubeconfig="$SG_K/kubelet.conf" \
 		--node-ip="$SG_NODE_IP" --hostname-override="$SG_NODE" --v=1
 	sg_bg kube-proxy kube-proxy --config="$SG_CLUSTER_DIR/kube-proxy.yaml"
@@ -138,7 +143,12 @@ sg_cluster_node() {
 sg_cluster_up() {
 	sg_phase start
 	sg_cluster_net
+	sg_cluster_runtime >"$SG_RUN/runtime.out" 2>&1 &
+	_rt=$!
 	sg_cluster_control_plane || return 1
+	wait "$_rt" || true
+	cat "$SG_RUN/runtime.out"
+	[ ! -s "$SG_RUN/failures" ] || return 1
 	sg_cluster_node || return 1
 	sg_log "node: $(k get node -o wide --no-headers 2>&1)"
 }
