@@ -105,7 +105,7 @@ sg_cluster_control_plane() {
 		--bind-address=127.0.0.1 --leader-elect=false --use-service-account-credentials=true \
 		--root-ca-file="$_p/ca.crt" --service-account-private-key-file="$_p/sa.key" \
 		--cluster-signing-cert-file="$_p/ca.crt" --cluster-signing-key-file="$_p/ca.key" \
-		--controllers='*,-cloud-node-lifecycle' --profiling=false --v=1
+		--profiling=false --v=1
 	sg_bg kube-scheduler kube-scheduler --kubeconfig="$SG_K/scheduler.conf" \
 		--authentication-kubeconfig="$SG_K/scheduler.conf" --authorization-kubeconfig="$SG_K/scheduler.conf" \
 		--bind-address=127.0.0.1 --leader-elect=false --profiling=false --v=1
