@@ -158,10 +158,130 @@ k get events -n shop --field-selector reason=SidecarCPUAtFloor 2>&1 | head -n 5 
 sg_phase events
 
 # ---------------------------------------------------------------------------------------------
+# Policy changes through the kubelet's real ConfigMap volume update (no pod restart).
+POLICY=$SG_CLUSTER_DIR/daemonset/policy.yaml
+# policy_apply SED_EXPR: the base's policy edited, applied with kubectl as the ConfigMap.
+policy_apply() {
+	sed "$1" "$POLICY" >"$SG_RUN/policy.yaml"
+	k -n sidecar-governor create configmap sidecar-governor-policy --from-file=policy.yaml="$SG_RUN/policy.yaml" \
+		--dry-run=client -o yaml | k apply -f - >/dev/null
+}
+metric_value() { sg_agent_metrics && awk -v m="$1" '$1 == m { print $2 }' "$SG_RUN/metrics.txt"; }
+metric_is() { [ "$(metric_value "$1")" = "$2" ]; }
+# orig_of POD [CONTAINER_ID]: the agent's cpu_original_millicores of the pod's istio-proxy.
+orig_of() {
+	sg_agent_metrics && awk -v p="sidecar_governor_cpu_original_millicores{namespace=\"shop\",pod=\"$1\",container=\"istio-proxy\"" \
+		-v c="${2:-}" 'index($0, p) == 1 && (c == "" || index($0, "container_id=\"" c "\"")) { print $NF + 0 }'
+}
+orig_is() { [ "$(orig_of "$1" "${3:-}")" = "$2" ]; }
+metric_at_least() { _v=$(metric_value "$1") && [ -n "$_v" ] && [ "${_v%.*}" -ge "$2" ]; }
+FLOOR2="15000 100000"
+t0=$(sg_now_ms)
+policy_apply 's/^  min: 100m /  min: 150m /; s/^  scaleDownAfter: 30s /  scaleDownAfter: 10s /; s/^  conflictBackoff: 2m /  conflictBackoff: 15s /'
+if sg_wait 180 metric_is sidecar_governor_policy_cpu_min_millicores 150; then
+	sg_ok "kubectl apply of the policy ConfigMap reached the agent through the kubelet's volume update in $(($(sg_now_ms) - t0)) ms (cpu.min 150m)"
+else
+	sg_fail "the new policy (cpu.min 150m) did not reach the agent within 180 s"
+fi
+sg_expect "agent pod not restarted by the policy change" "$(sg_pod_of sidecar-governor app.kubernetes.io/name=sidecar-governor)" "$AG"
+for d in "$S_PP" "$S_RT"; do
+	sg_check "${d#"$CG"/kubepods/burstable/}: the floor moved to $FLOOR2 (reason policy)" sg_wait 30 sg_file_is "$d/cpu.max" "$FLOOR2"
+done
+fails0=$(grep '^sidecar_governor_config_reloads_total{result="failure"}' "$SG_RUN/metrics.txt" | awk '{ print $2 }')
+t0=$(sg_now_ms)
+policy_apply 's/^  min: 100m /  min: "5" /'
+if sg_wait 180 metric_is sidecar_governor_config_last_reload_successful 0; then
+	sg_ok "a bad policy (cpu.min 5 > cpu.max 2) refused $(($(sg_now_ms) - t0)) ms after kubectl apply (reload failures ${fails0:-0} -> $(grep '^sidecar_governor_config_reloads_total{result="failure"}' "$SG_RUN/metrics.txt" | awk '{ print $2 }'))"
+else
+	sg_fail "the bad policy was not refused within 180 s"
+fi
+sg_expect "the last good policy stays live" "$(metric_value sidecar_governor_policy_cpu_min_millicores)" 150
+sg_expect "productpage's sidecar still at the good policy's floor" "$(sg_cpu_max "$S_PP")" "$FLOOR2"
+sg_check "agent log names the refused field" grep -q 'cpu.min' "$AGENT_LOG"
+policy_apply 's/^  min: 100m /  min: 150m /; s/^  scaleDownAfter: 30s /  scaleDownAfter: 10s /; s/^  conflictBackoff: 2m /  conflictBackoff: 15s /'
+sg_check "the good policy back" sg_wait 180 metric_is sidecar_governor_config_last_reload_successful 1
+sg_phase policy-reload
+
+# ---------------------------------------------------------------------------------------------
+# In-place resize by the kubelet: adopted as the original, governed within it.
+c0=$(metric_value sidecar_governor_conflicts_total)
+k -n shop patch pod "$PP" --subresource resize \
+	-p '{"spec":{"containers":[{"name":"istio-proxy","resources":{"limits":{"cpu":"1500m"}}}]}}' >/dev/null ||
+	sg_fail "kubectl patch --subresource resize failed"
+t0=$(sg_now_ms)
+if sg_wait 120 sg_file_is "$S_PP/cpu.max" "150000 100000"; then
+	sg_ok "kubelet resized productpage's sidecar: cpu.max 150000 100000 after $(($(sg_now_ms) - t0)) ms"
+else
+	sg_fail "after the resize cpu.max is $(sg_cpu_max "$S_PP"), not 150000 100000"
+fi
+sg_check "the agent counted the conflict (conflicts_total ${c0:-0} -> more)" sg_wait 30 metric_at_least sidecar_governor_conflicts_total $((${c0:-0} + 1))
+sg_check "the resized limit adopted as the original (original_millicores 1500)" sg_wait 30 orig_is "$PP" 1500
+if sg_wait 120 sg_file_is "$S_PP/cpu.max" "$FLOOR2"; then
+	sg_ok "governed within the new limit after the back-off: back at $FLOOR2 $(($(sg_now_ms) - t0)) ms after the resize"
+else
+	sg_fail "after the resize and back-off cpu.max is $(sg_cpu_max "$S_PP"), not $FLOOR2"
+fi
+sg_phase resize
+
+# ---------------------------------------------------------------------------------------------
+# The sidecar's container killed: the kubelet restarts it, the agent governs the new one.
+old_cid=$(sg_cid_of shop "$RT" istio-proxy)
+init=$(head -n 1 "$S_RT/cgroup.procs")
+kill -9 "$init"
+t0=$(sg_now_ms)
+new_cid() { _c=$(sg_cid_of shop "$RT" istio-proxy) && [ -n "$_c" ] && [ "$_c" != "$old_cid" ] && [ -d "$(sg_cg_of shop "$RT" istio-proxy)" ]; }
+if sg_wait 120 new_cid; then
+	S_RT=$(sg_cg_of shop "$RT" istio-proxy)
+	sg_ok "kubelet restarted the native sidecar ($(k -n shop get pod "$RT" -o jsonpath='{.status.initContainerStatuses[0].restartCount}') restarts) in $(($(sg_now_ms) - t0)) ms"
+	sg_expect "the new container's cpu.max as the kubelet wrote it" "$(sg_cpu_max "$S_RT")" "$ORIG"
+	if sg_wait 120 sg_file_is "$S_RT/cpu.max" "$FLOOR2"; then
+		sg_ok "the restarted sidecar governed again: $FLOOR2 $(($(sg_now_ms) - t0)) ms after the kill"
+	else
+		sg_fail "the restarted sidecar's cpu.max is $(sg_cpu_max "$S_RT") after 120 s"
+	fi
+	sg_check "metrics: the new container's original is its own limit (2000m)" orig_is "$RT" 2000 "${S_RT##*/}"
+else
+	sg_fail "the killed sidecar was not restarted within 120 s"
+fi
+sg_phase restart
+
+# ---------------------------------------------------------------------------------------------
+# The agent pod deleted and recreated by the DaemonSet controller adopts the journal (the upgrade
+# path: restoreOnExit false first, so the old pod leaves the limits in place).
+policy_apply 's/^restoreOnExit: true /restoreOnExit: false /; s/^  min: 100m /  min: 150m /; s/^  scaleDownAfter: 30s /  scaleDownAfter: 10s /; s/^  conflictBackoff: 2m /  conflictBackoff: 15s /'
+h0=$(grep '^sidecar_governor_config_info{' "$SG_RUN/metrics.txt" | head -n 1)
+hash_changed() { sg_agent_metrics && [ "$(grep '^sidecar_governor_config_info{' "$SG_RUN/metrics.txt" | head -n 1)" != "$h0" ]; }
+sg_check "restoreOnExit false reached the agent" sg_wait 180 hash_changed
+k -n sidecar-governor delete pod "$AG" --wait=true --timeout=120s >/dev/null || sg_fail "kubectl delete pod $AG failed"
+t0=$(sg_now_ms)
+sg_expect "after the old pod's exit (no restore) productpage's sidecar keeps its floor" "$(sg_cpu_max "$S_PP")" "$FLOOR2"
+if k -n sidecar-governor rollout status ds/sidecar-governor --timeout=300s >/dev/null 2>&1; then
+	AG2=$(sg_pod_of sidecar-governor app.kubernetes.io/name=sidecar-governor)
+	sg_ok "the DaemonSet controller recreated the agent ($AG2) Ready in $(($(sg_now_ms) - t0)) ms"
+	AGENT_LOG=$(ls /var/log/pods/sidecar-governor_"$AG2"_*/agent/0.log 2>/dev/null || true)
+	ln -sf "$AGENT_LOG" "$SG_RUN/agent.log"
+	sg_check "the new agent governs the three sidecars" sg_wait 60 sg_agent_has '^sidecar_governor_proxies 3$'
+	sg_expect "the new agent took reviews' original from the journal (not the floor it found)" "$(orig_of "$RV")" 2000
+	sg_expect "and productpage's resized original" "$(orig_of "$PP")" 1500
+	sg_expect "journal entries" "$(metric_value sidecar_governor_journal_entries)" 3
+	AG=$AG2
+	for p in $(cat "$(sg_cg_of sidecar-governor "$AG" agent)/cgroup.procs"); do
+		[ "$(cat "/proc/$p/comm")" = sidecar-governo ] && apid=$p
+	done
+else
+	sg_fail "the agent pod was not recreated Ready within 300 s"
+fi
+policy_apply 's/^  min: 100m /  min: 150m /; s/^  scaleDownAfter: 30s /  scaleDownAfter: 10s /; s/^  conflictBackoff: 2m /  conflictBackoff: 15s /'
+h0=$(grep '^sidecar_governor_config_info{' "$SG_RUN/metrics.txt" | head -n 1)
+sg_check "restoreOnExit true again" sg_wait 180 hash_changed
+sg_phase agent-recreated
+S_PP_ORIG="150000 100000"
+
+# ---------------------------------------------------------------------------------------------
 # Uninstall: `kubectl delete -k`: every original back before the pod is gone.
 (
 	while :; do
-		if [ "$(sg_cpu_max "$S_PP")" = "$ORIG" ] && [ "$(sg_cpu_max "$S_RV")" = "$ORIG" ] &&
+		if [ "$(sg_cpu_max "$S_PP")" = "$S_PP_ORIG" ] && [ "$(sg_cpu_max "$S_RV")" = "$ORIG" ] &&
 			[ "$(sg_cpu_max "$S_RT")" = "$ORIG" ]; then
 			echo "restored $(sg_now_ms) agent-alive=$([ -d "/proc/$apid" ] && echo yes || echo no)" >"$SG_RUN/restored-at"
 			exit 0
@@ -182,9 +302,40 @@ if [ -s "$SG_RUN/restored-at" ]; then
 else
 	sg_fail "kubectl delete -k: originals not back ($(sg_cpu_max "$S_PP"), $(sg_cpu_max "$S_RV"), $(sg_cpu_max "$S_RT"))"
 fi
-for d in "$S_PP" "$S_RV" "$S_RT"; do
+sg_expect "productpage's sidecar after uninstall (its resized original)" "$(sg_cpu_max "$S_PP")" "$S_PP_ORIG"
+for d in "$S_RV" "$S_RT"; do
 	sg_expect "${d#"$CG"/kubepods/burstable/} after uninstall" "$(sg_cpu_max "$d")" "$ORIG"
 done
 sg_phase uninstall
+
+# ---------------------------------------------------------------------------------------------
+# Helm: the chart (the same objects) installed on the same node, policy through values.
+if k wait --for=delete namespace/sidecar-governor --timeout=240s >/dev/null 2>&1; then
+	mkdir -p /tmp/helm-home
+	k create namespace sidecar-governor >/dev/null
+	k label namespace sidecar-governor pod-security.kubernetes.io/enforce=privileged >/dev/null
+	t0=$(sg_now_ms)
+	if HOME=/tmp/helm-home helm install sidecar-governor "$SG_CLUSTER_DIR/charts/sidecar-governor" -n sidecar-governor \
+		--set image.repository=docker.io/library/sidecar-governor --set image.pullPolicy=Never \
+		--set policy.cpu.scaleDownAfter=10s --wait --timeout 300s >"$SG_RUN/helm.log" 2>&1; then
+		sg_ok "helm install: DaemonSet Ready in $(($(sg_now_ms) - t0)) ms"
+		AG=$(sg_pod_of sidecar-governor app.kubernetes.io/name=sidecar-governor)
+		AGENT_LOG=$(ls /var/log/pods/sidecar-governor_"$AG"_*/agent/0.log 2>/dev/null || true)
+		ln -sf "$AGENT_LOG" "$SG_RUN/agent.log"
+		sg_check "helm: the agent governs the three sidecars" sg_wait 60 sg_agent_has '^sidecar_governor_proxies 3$'
+		sg_check "helm: policy from values (scaleDownAfter 10s): productpage's sidecar at the 100m floor" sg_wait 120 sg_file_is "$S_PP/cpu.max" "$FLOOR"
+		if HOME=/tmp/helm-home helm uninstall sidecar-governor -n sidecar-governor --wait --timeout 180s >>"$SG_RUN/helm.log" 2>&1; then
+			sg_expect "helm uninstall: productpage's original back" "$(sg_cpu_max "$S_PP")" "$S_PP_ORIG"
+			sg_expect "helm uninstall: reviews' original back" "$(sg_cpu_max "$S_RV")" "$ORIG"
+		else
+			sg_fail "helm uninstall failed: $(tail -n 3 "$SG_RUN/helm.log" | tr '\n' ' ')"
+		fi
+	else
+		sg_fail "helm install failed: $(tail -n 3 "$SG_RUN/helm.log" | tr '\n' ' ')"
+	fi
+else
+	sg_fail "namespace sidecar-governor not gone 240 s after kubectl delete -k"
+fi
+sg_phase helm
 sg_log "phases (name, seconds, uptime): $(tr '\n' ';' <"$SG_RUN/phases")"
 sg_done
