@@ -52,7 +52,7 @@ per_scenario=${SG_VM_SCENARIO_TIMEOUT:-240}
 cri_timeout=${SG_VM_CRI_TIMEOUT:-480}
 # `cluster` (a real Kubernetes node: scripts/vm/cluster-host.sh) boots on its own too, with
 # 6 GiB and its own limit.
-cluster_timeout=${SG_VM_CLUSTER_TIMEOUT:-1800}
+cluster_timeout=${SG_VM_CLUSTER_TIMEOUT:-2700}
 cri_wanted=0
 cri_image_wanted=0
 cluster_wanted=0

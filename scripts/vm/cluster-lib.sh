@@ -16,7 +16,7 @@ SG_CLOG=$SG_RUN/log
 export KUBECONFIG=$SG_K/admin.conf
 export PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
-k() { kubectl --request-timeout=30s "$@"; }
+k() { kubectl --request-timeout=60s "$@"; }
 
 # Phase timing: sg_phase NAME prints the time since the previous phase and since boot.
 SG_PHASE_T=0
@@ -78,6 +78,15 @@ sg_cluster_net() {
 	cp "$SG_CLUSTER_DIR/10-bridge.conflist" /etc/cni/net.d/
 }
 
+# The controllers a node with Deployments, a DaemonSet, ServiceAccounts and namespace deletion
+# needs (TCG is slow: the other ~40 only cost CPU here).
+SG_KCM_CONTROLLERS=serviceaccount-token-controller,serviceaccount-controller,root-ca-certificate-publisher-controller,\
+deployment-controller,replicaset-controller,daemonset-controller,endpoints-controller,endpointslice-controller,\
+resourcequota-controller,namespace-controller,garbage-collector-controller,pod-garbage-collector-controller,\
+node-lifecycle-controller,clusterrole-aggregation-controller,ttl-controller
+# Go's collector less often: memory is plentiful (6 GiB), CPU under TCG is not.
+export GOGC=400
+
 sg_cluster_control_plane() {
 	_p=$SG_K/pki
 	sg_bg etcd etcd --name sg-vm --data-dir /var/lib/etcd --unsafe-no-fsync \
@@ -105,7 +114,7 @@ sg_cluster_control_plane() {
 		--bind-address=127.0.0.1 --leader-elect=false --use-service-account-credentials=true \
 		--root-ca-file="$_p/ca.crt" --service-account-private-key-file="$_p/sa.key" \
 		--cluster-signing-cert-file="$_p/ca.crt" --cluster-signing-key-file="$_p/ca.key" \
-		--profiling=false --v=1
+		--controllers="$SG_KCM_CONTROLLERS" --profiling=false --v=1
 	sg_bg kube-scheduler kube-scheduler --kubeconfig="$SG_K/scheduler.conf" \
 		--authentication-kubeconfig="$SG_K/scheduler.conf" --authorization-kubeconfig="$SG_K/scheduler.conf" \
 		--bind-address=127.0.0.1 --leader-elect=false --profiling=false --v=1

@@ -32,9 +32,9 @@ sg_check "the kubernetes Service has the API server as its endpoint" sh -c \
 # ---------------------------------------------------------------------------------------------
 # Workloads, before the agent: their limits as the kubelet wrote them.
 k apply -f "$SG_CLUSTER_DIR/workloads.yaml" >/dev/null
-if ! k wait --for=condition=Available --timeout=300s deployment --all -n shop >/dev/null ||
-	! k wait --for=condition=Available --timeout=120s deployment --all -n istio-system >/dev/null; then
-	sg_fail "workloads not available within 300 s"
+if ! k wait --for=condition=Available --timeout=600s deployment --all -n shop >/dev/null ||
+	! k wait --for=condition=Available --timeout=300s deployment --all -n istio-system >/dev/null; then
+	sg_fail "workloads not available within 600 s"
 	sg_done
 fi
 sg_phase workloads-running
@@ -67,8 +67,8 @@ k apply -f "$SG_CLUSTER_DIR/crds-monitoring.yaml" >/dev/null
 k wait --for=condition=Established --timeout=60s crd/servicemonitors.monitoring.coreos.com crd/prometheusrules.monitoring.coreos.com >/dev/null
 k apply -k "$SG_CLUSTER_DIR/overlay" >"$SG_RUN/apply.log" 2>&1 || sg_fail "kubectl apply -k: $(tail -n 3 "$SG_RUN/apply.log")"
 sg_log "kubectl apply -k: $(tr '\n' ';' <"$SG_RUN/apply.log")"
-if ! k -n sidecar-governor rollout status ds/sidecar-governor --timeout=300s >/dev/null 2>&1; then
-	sg_fail "the DaemonSet's pod did not become Ready (/readyz) within 300 s"
+if ! k -n sidecar-governor rollout status ds/sidecar-governor --timeout=600s >/dev/null 2>&1; then
+	sg_fail "the DaemonSet's pod did not become Ready (/readyz) within 600 s"
 	sg_done
 fi
 sg_phase agent-ready
