@@ -103,7 +103,7 @@ sg_cluster_control_plane() {
 		--authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
 		--kubelet-client-certificate="$_p/apiserver-kubelet-client.crt" --kubelet-client-key="$_p/apiserver-kubelet-client.key" \
 		--kubelet-preferred-address-types=InternalIP --allow-privileged=true --profiling=false \
-		--event-ttl=1h --v=1
+		--enable-priority-and-fairness=false --event-ttl=1h --v=1
 	if ! sg_wait 300 sh -c 'kubectl get --raw /readyz >/dev/null 2>&1'; then
 		sg_fail "kube-apiserver not ready within 300 s"
 		return 1
@@ -114,7 +114,7 @@ sg_cluster_control_plane() {
 		--bind-address=127.0.0.1 --leader-elect=false --use-service-account-credentials=true \
 		--root-ca-file="$_p/ca.crt" --service-account-private-key-file="$_p/sa.key" \
 		--cluster-signing-cert-file="$_p/ca.crt" --cluster-signing-key-file="$_p/ca.key" \
-		--controllers="$SG_KCM_CONTROLLERS" --profiling=false --v=1
+		--controllers="$SG_KCM_CONTROLLERS" --node-monitor-grace-period=5m --profiling=false --v=1
 	sg_bg kube-scheduler kube-scheduler --kubeconfig="$SG_K/scheduler.conf" \
 		--authentication-kubeconfig="$SG_K/scheduler.conf" --authorization-kubeconfig="$SG_K/scheduler.conf" \
 		--bind-address=127.0.0.1 --leader-elect=false --profiling=false --v=1
