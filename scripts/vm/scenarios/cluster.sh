@@ -76,9 +76,11 @@ AG=$(sg_pod_of sidecar-governor app.kubernetes.io/name=sidecar-governor)
 sg_expect "agent pod scheduled on the node" "$(k -n sidecar-governor get pod "$AG" -o jsonpath='{.spec.nodeName}')" "$SG_NODE"
 sg_expect "agent pod Ready" "$(k -n sidecar-governor get pod "$AG" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" True
 # The live pod's security context and mounts are exactly the base's.
-k kustomize "$SG_CLUSTER_DIR/daemonset" >"$SG_RUN/base.yaml"
-base_json() { k create --dry-run=client -f "$SG_RUN/base.yaml" -o jsonpath="{range .items[?(@.kind==\"DaemonSet\")]}$1{end}"; }
-pod_json() { k -n sidecar-governor get pod "$AG" -o jsonpath="$1"; }
+# The base's DaemonSet, rendered by kubectl's kustomize, alone in a file.
+k kustomize "$SG_CLUSTER_DIR/daemonset" | awk '/^---$/ { n++; next } { doc[n] = doc[n] $0 "\n" }
+	END { for (i in doc) if (doc[i] ~ /(^|\n)kind: DaemonSet\n/) printf "%s", doc[i] }' >"$SG_RUN/base-ds.yaml"
+base_json() { kubectl label --local -f "$SG_RUN/base-ds.yaml" sg-render=1 -o jsonpath="$1" || true; }
+pod_json() { k -n sidecar-governor get pod "$AG" -o jsonpath="$1" || true; }
 sg_expect "agent container securityContext = the base's" "$(pod_json '{.spec.containers[0].securityContext}')" "$(base_json '{.spec.template.spec.containers[0].securityContext}')"
 sg_expect "agent pod securityContext = the base's" "$(pod_json '{.spec.securityContext}')" "$(base_json '{.spec.template.spec.securityContext}')"
 sg_expect "agent hostPID" "$(pod_json '{.spec.hostPID}')" true
