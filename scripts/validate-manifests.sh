@@ -7,12 +7,18 @@
 #   3. checks the two Prometheus Operator objects (CRDs kubernetes-validate has no schema for)
 #      against a JSON schema of the fields the base uses, and their content: the PrometheusRule's
 #      spec.groups with `promtool check rules`;
-#   4. checks the Grafana dashboard is valid JSON and current with scripts/gen-dashboard.py.
+#   4. checks the Grafana dashboard is valid JSON and current with scripts/gen-dashboard.py;
+#   5. the Helm chart (charts/sidecar-governor): `helm lint --strict` clean, and `helm template`
+#      (defaults, namespace.create=true) equal in substance to the kustomize render: the same
+#      objects, field for field, once Helm's own labels (instance, managed-by, helm.sh/chart) are
+#      set aside and the policy is compared as parsed YAML. Also rendered with values changed
+#      (image, pull policy, a policy field) to show they reach the objects. helm is the one
+#      scripts/cluster-build.sh builds from its Go module (cached; built when missing).
 # (tests/manifests.rs checks that every metric the dashboard and rules use is exported.)
 # Installs kubernetes-validate (pip) and prometheus (apt, for promtool) when missing.
 # Prints "N passed, M failed"; exits non-zero on any failure.
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 
 K8S_VERSIONS=${K8S_VERSIONS:-"1.33.0 1.37.0"}
 work=$(mktemp -d)
@@ -151,6 +157,92 @@ if grep -q "sidecar-governor-dashboard" "$rendered" && grep -q 'grafana_dashboar
 	ok "dashboard ConfigMap rendered with the grafana_dashboard label"
 else
 	bad "dashboard ConfigMap missing from the render"
+fi
+
+# 5. Helm chart.
+helm=$(command -v helm || true)
+if [ -z "$helm" ]; then
+	helm_dir=$(scripts/cluster-build.sh --print-dirs helm | awk '{ print $2 }')/bin
+	if [ ! -x "$helm_dir/helm" ] && command -v go >/dev/null; then
+		scripts/cluster-build.sh helm >&2 || true
+	fi
+	[ -x "$helm_dir/helm" ] && helm=$helm_dir/helm
+fi
+chart=charts/sidecar-governor
+if [ -z "$helm" ]; then
+	bad "helm: not on PATH and not buildable (scripts/cluster-build.sh helm needs Go)"
+else
+	if out=$("$helm" lint --strict "$chart" 2>&1); then
+		ok "helm lint --strict $chart: $(grep -o '[0-9]* chart(s) linted, [0-9]* chart(s) failed' <<<"$out")"
+	else
+		bad "helm lint --strict $chart"
+		echo "$out" | tail -20
+	fi
+	if "$helm" template sidecar-governor "$chart" --namespace sidecar-governor --set namespace.create=true >"$work/helm.yaml" 2>"$work/err" &&
+		out=$(python3 - "$rendered" "$work/helm.yaml" 2>&1 <<'PY'
+import sys, yaml
+helm_labels = {"app.kubernetes.io/instance", "app.kubernetes.io/managed-by", "helm.sh/chart"}
+def load(path, strip):
+    objs = {}
+    for o in yaml.safe_load_all(open(path)):
+        if not o:
+            continue
+        labels = o["metadata"].get("labels", {})
+        for l in helm_labels if strip else ():
+            labels.pop(l, None)
+        if o["kind"] == "ConfigMap" and "policy.yaml" in o.get("data", {}):
+            o["data"]["policy.yaml"] = yaml.safe_load(o["data"]["policy.yaml"])
+        if o["kind"] == "ConfigMap" and "grafana-dashboard.json" in o.get("data", {}):
+            o["data"]["grafana-dashboard.json"] = o["data"]["grafana-dashboard.json"].strip()
+        objs[(o["kind"], o["metadata"]["name"])] = o
+    return objs
+k, h = load(sys.argv[1], False), load(sys.argv[2], True)
+problems = []
+for key in sorted(set(k) | set(h)):
+    if key not in h:
+        problems.append(f"{key[0]}/{key[1]}: only in kustomize")
+    elif key not in k:
+        problems.append(f"{key[0]}/{key[1]}: only in helm")
+    elif k[key] != h[key]:
+        a, b = yaml.safe_dump(k[key], sort_keys=True).splitlines(), yaml.safe_dump(h[key], sort_keys=True).splitlines()
+        import difflib
+        problems.append(f"{key[0]}/{key[1]} differs:\n" + "\n".join(list(difflib.unified_diff(a, b, "kustomize", "helm", lineterm=""))[:30]))
+if problems:
+    print("\n".join(problems))
+    sys.exit(1)
+print(f"{len(k)} objects equal")
+PY
+		); then
+		ok "helm template = kubectl kustomize in substance: $out"
+	else
+		bad "helm template differs from the kustomize render"
+		echo "${out:-$(cat "$work/err")}" | head -40
+	fi
+	if "$helm" template sg "$chart" --namespace ops --set image.repository=registry.example/sg,image.tag=1.2.3,image.pullPolicy=Always \
+		--set policy.cpu.min=200m --set policy.overrides[0].namespace=payments,policy.overrides[0].mode=dry-run >"$work/helm2.yaml" 2>"$work/err" &&
+		out=$(python3 - "$work/helm2.yaml" 2>&1 <<'PY'
+import sys, yaml
+objs = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(open(sys.argv[1])) if o}
+c = objs[("DaemonSet", "sidecar-governor")]["spec"]["template"]["spec"]["containers"][0]
+assert c["image"] == "registry.example/sg:1.2.3", c["image"]
+assert c["imagePullPolicy"] == "Always"
+pol = yaml.safe_load(objs[("ConfigMap", "sidecar-governor-policy")]["data"]["policy.yaml"])
+assert pol["cpu"]["min"] == "200m" and pol["overrides"] == [{"namespace": "payments", "mode": "dry-run"}], pol
+assert all(o["metadata"].get("namespace", "ops") == "ops" for o in objs.values())
+assert ("Namespace", "ops") not in objs
+print("image, pull policy, policy values and the release namespace reach the objects")
+PY
+		); then
+		ok "helm template with values: $out"
+	else
+		bad "helm template with values: ${out:-$(cat "$work/err")}"
+	fi
+	# The chart's copies of the dashboard and rules must be the base's.
+	if cmp -s daemonset/grafana-dashboard.json "$chart/files/grafana-dashboard.json"; then
+		ok "chart's dashboard is daemonset/grafana-dashboard.json"
+	else
+		bad "charts/sidecar-governor/files/grafana-dashboard.json differs from daemonset/grafana-dashboard.json (cp it)"
+	fi
 fi
 
 echo "validate-manifests: $passed passed, $failed failed"

@@ -3,7 +3,7 @@
 # the release agent and the stand-in proxy, and run scenarios from scripts/vm/scenarios/ that
 # assert from the kernel's own cgroup files.
 #
-#   scripts/vm-e2e.sh [--separate] [--verbose] [SCENARIO...]   (default: every scenario)
+#   scripts/vm-e2e.sh [--separate] [--verbose] [SCENARIO...]   (default: every scenario but cluster)
 #   scripts/vm-e2e.sh --list
 #
 # All named scenarios run one after another in one boot (teardown between them); --separate
@@ -37,8 +37,12 @@ while (($#)); do
 	esac
 	shift
 done
+# The default list is every scenario but `cluster` (a real Kubernetes node, ~15-25 minutes
+# under TCG), which runs when named: scripts/vm-e2e.sh cluster.
 if ((${#scenarios[@]} == 0)); then
-	for f in "$SG_VM_DIR"/scenarios/*.sh; do scenarios+=("$(basename "$f" .sh)"); done
+	for f in "$SG_VM_DIR"/scenarios/*.sh; do
+		[[ $(basename "$f" .sh) == cluster ]] || scenarios+=("$(basename "$f" .sh)")
+	done
 fi
 for s in "${scenarios[@]}"; do
 	[[ -f $SG_VM_DIR/scenarios/$s.sh ]] || sg_host_die "no scenario $s (scripts/vm-e2e.sh --list)"
@@ -50,14 +54,20 @@ per_scenario=${SG_VM_SCENARIO_TIMEOUT:-240}
 # (scripts/vm/cri-host.sh), with more memory and time; so does `cri-image` (the same initramfs
 # plus the agent image of scripts/build-image.sh, run as a CRI pod).
 cri_timeout=${SG_VM_CRI_TIMEOUT:-480}
+# `cluster` (a real Kubernetes node: scripts/vm/cluster-host.sh) boots on its own too, with
+# 6 GiB and its own limit.
+cluster_timeout=${SG_VM_CLUSTER_TIMEOUT:-2700}
 cri_wanted=0
 cri_image_wanted=0
+cluster_wanted=0
 others=()
 for s in "${scenarios[@]}"; do
 	if [[ $s == cri ]]; then
 		cri_wanted=1
 	elif [[ $s == cri-image ]]; then
 		cri_image_wanted=1
+	elif [[ $s == cluster ]]; then
+		cluster_wanted=1
 	else others+=("$s"); fi
 done
 
@@ -65,9 +75,11 @@ sg_host_require
 sg_host_kernel
 sg_host_build
 initrd=$SG_VM_CACHE/initramfs-e2e.cpio.gz
-sg_host_initramfs "$initrd"
-sg_host_log "initramfs: $initrd ($(du -h "$initrd" | cut -f1))"
-if ((cri_wanted || cri_image_wanted)); then
+if ((${#others[@]} || separate)); then
+	sg_host_initramfs "$initrd"
+	sg_host_log "initramfs: $initrd ($(du -h "$initrd" | cut -f1))"
+fi
+if ((cri_wanted || cri_image_wanted || cluster_wanted)); then
 	# shellcheck source=scripts/vm/cri-host.sh
 	. "$here/vm/cri-host.sh"
 	sg_cri_host_fetch
@@ -83,6 +95,18 @@ if ((cri_image_wanted)); then
 	SG_VM_EXTRA=sg_cri_host_extra_agent_image sg_host_initramfs "$cri_image_initrd"
 	sg_host_log "initramfs (cri-image): $cri_image_initrd ($(du -h "$cri_image_initrd" | cut -f1))"
 fi
+if ((cluster_wanted)); then
+	# shellcheck source=scripts/vm/cluster-host.sh
+	. "$here/vm/cluster-host.sh"
+	t_build=$SECONDS
+	sg_cluster_host_build
+	sg_cluster_host_fetch
+	sg_host_log "cluster: binaries and packages ready in $((SECONDS - t_build))s"
+	cluster_initrd=$SG_VM_CACHE/initramfs-cluster.cpio
+	t_build=$SECONDS
+	SG_VM_EXTRA=sg_cluster_host_extra SG_VM_COMPRESS=cat sg_host_initramfs "$cluster_initrd"
+	sg_host_log "initramfs (cluster): $cluster_initrd ($(du -h "$cluster_initrd" | cut -f1), $((SECONDS - t_build))s)"
+fi
 
 stamp=$(date +%Y%m%d-%H%M%S)
 logs=()
@@ -92,6 +116,8 @@ boot() {
 		rd=$cri_initrd limit=$cri_timeout mem=${SG_VM_MEM:-1536}
 	elif [[ $list == cri-image ]]; then
 		rd=$cri_image_initrd limit=$cri_timeout mem=${SG_VM_MEM:-1536}
+	elif [[ $list == cluster ]]; then
+		rd=$cluster_initrd limit=$cluster_timeout mem=${SG_VM_MEM:-6144}
 	fi
 	log=$SG_VM_CACHE/logs/$stamp-${list//,/+}.log
 	if ((${#log} > 200)); then log=$SG_VM_CACHE/logs/$stamp-all.log; fi
@@ -114,6 +140,7 @@ else
 	fi
 	if ((cri_wanted)); then boot cri 1; fi
 	if ((cri_image_wanted)); then boot cri-image 1; fi
+	if ((cluster_wanted)); then boot cluster 1; fi
 fi
 elapsed=$((SECONDS - t0))
 
