@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::actuator::{self, RestoreReport};
-use crate::cgroup::{CgroupError, CpuMax};
+use crate::cgroup::CpuMax;
 use crate::controller::{
     CpuBounds, CpuDecision, CpuObservation, CpuState, Direction, Reason, decide_cpu,
 };
@@ -799,28 +799,22 @@ impl Agent {
             info!(cgroup = key, "sampling recovered");
             g.failing = false;
         }
-        // Coexistence: a value neither original nor ours is someone else's.
-        let Some(record) = self.journal.container(key) else {
+        // Coexistence: a value neither original nor ours is someone else's (it becomes the
+        // original; the record changes, and the journal is due a flush, only then).
+        let Some((found, was_touched, original)) = self.journal.update_container(key, |r| {
+            let was_touched = r.cpu_max.touched();
+            let (found, _) = r.cpu_max.observe(CpuMaxValue(sample.cpu_max));
+            (found, was_touched, r.cpu_max.original.0)
+        }) else {
             return Step::Steady;
         };
-        let classified = record.cpu_max.classify(&CpuMaxValue(sample.cpu_max));
-        let touched = record.cpu_max.touched();
-        if classified != Found::Untouched || touched {
-            let Some(mut r) = self.journal.container_mut(key) else {
-                return Step::Steady;
-            };
-            r.cpu_max.observe(CpuMaxValue(sample.cpu_max));
-        }
-        if classified == Found::Outside
-            && touched
+        if found == Found::Outside
+            && was_touched
             && let Some(mut taken) = self.governed.remove(key)
         {
             self.outside_change(&mut taken, "cpu.max", now);
             self.governed.insert(key.to_string(), taken);
         }
-        let Some(original) = self.journal.container(key).map(|r| r.cpu_max.original.0) else {
-            return Step::Steady;
-        };
         let Some(g) = self.governed.get_mut(key) else {
             return Step::Steady;
         };
@@ -1126,7 +1120,7 @@ impl Agent {
         let untouched: Vec<String> = self
             .journal
             .containers()
-            .filter(|(_, r)| !r.touched() && r.pod_hold.is_none())
+            .filter(|(_, r)| !r.needs_journal())
             .map(|(k, _)| k.clone())
             .collect();
         for key in untouched {
@@ -1192,9 +1186,4 @@ pub fn restore_all(cgroup_root: &std::path::Path, journal: &mut Journal) -> Rest
         report.journal_error = Some(e);
     }
     report
-}
-
-/// Reads a cgroup's `cpu.max` once (for `discover`).
-pub fn read_cpu_max(dir: &std::path::Path) -> Result<CpuMax, CgroupError> {
-    actuator::read_cpu_max(dir)
 }

@@ -455,7 +455,7 @@ impl Journal {
             containers: self
                 .containers
                 .iter()
-                .filter(|(_, r)| r.touched() || r.pod_hold.is_some())
+                .filter(|(_, r)| r.needs_journal())
                 .map(|(k, r)| (k.as_str(), r))
                 .collect(),
             pods: &self.pods,

@@ -13,9 +13,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing::{error, info, warn};
 
-use sidecar_governor::actuator::RestoreReport;
+use sidecar_governor::actuator::{RestoreReport, read_cpu_max};
 use sidecar_governor::agent::DiscoveryDebug;
-use sidecar_governor::agent::{Agent, Command, read_cpu_max, restore_all};
+use sidecar_governor::agent::{Agent, Command, restore_all};
 use sidecar_governor::cri::client::CriTarget;
 use sidecar_governor::cri::{default_endpoints, first_existing};
 use sidecar_governor::discovery::Proxy;

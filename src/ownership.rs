@@ -234,6 +234,12 @@ impl ContainerRecord {
             || self.memory_high.is_some_and(|m| m.touched())
     }
 
+    /// True when the record must be on disk: a file may hold the agent's value, or the
+    /// container holds its pod raised. Untouched records are kept in memory only.
+    pub fn needs_journal(&self) -> bool {
+        self.touched() || self.pod_hold.is_some()
+    }
+
     /// The container's quota above its own original limit (what its pod must be raised by).
     pub fn excess_millis(&self) -> u64 {
         let Some(original) = self.cpu_max.original.0.millis() else {

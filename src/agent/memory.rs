@@ -147,19 +147,17 @@ impl Agent {
             }
         };
         // Coexistence, as for CPU: someone else's memory.high becomes the original.
-        let Some(owned) = self.journal.container(key).and_then(|r| r.memory_high) else {
+        let found = Limit(raw.high);
+        let Some(Some((kind, was_touched, original))) = self.journal.update_container(key, |r| {
+            r.memory_high.as_mut().map(|o| {
+                let was_touched = o.touched();
+                let (kind, _) = o.observe(found);
+                (kind, was_touched, o.original)
+            })
+        }) else {
             return MemStep::Steady;
         };
-        let found = Limit(raw.high);
-        let kind = owned.classify(&found);
-        if kind != Found::Untouched {
-            self.journal.update_container(key, |r| {
-                if let Some(o) = r.memory_high.as_mut() {
-                    o.observe(found);
-                }
-            });
-        }
-        if kind == Found::Outside && owned.touched() {
+        if kind == Found::Outside && was_touched {
             warn!(
                 cgroup = key,
                 found = %found,
@@ -169,11 +167,6 @@ impl Agent {
             m.back_off(now + conflict_backoff);
             m.limit = read_memory_max(&dir).unwrap_or(m.limit);
         }
-        let original = self
-            .journal
-            .container(key)
-            .and_then(|r| r.memory_high)
-            .map_or(owned.original, |o| o.original);
         let deltas = m.prev.as_ref().and_then(|prev| memory_deltas(prev, &raw));
         m.prev = Some(raw);
         m.last = Some(MemoryReading {
