@@ -305,6 +305,10 @@ impl Agent {
                 cpu_writes.push(w);
             }
         }
+        // Proxies found gone so far leave the journal in this tick's flush, not the next one.
+        for key in std::mem::take(&mut gone) {
+            self.forget(&key, false);
+        }
         let pod_writes = self.stage_pods();
         let mem_writes = self.stage_memory(pending_mem);
         if self.flush_journal() {
@@ -326,11 +330,10 @@ impl Agent {
         } else {
             self.unstage_memory(mem_writes);
         }
+        // Proxies that vanished between staging and writing leave at the next tick's flush.
         for key in gone {
             self.forget(&key, false);
         }
-        // Records dropped this tick (gone proxies, released pods) reach the disk now or at
-        // the next tick's flush.
         let m = &self.shared.metrics;
         m.proxies.set(self.governed.len() as i64);
         m.journal_entries.set(self.journal.len() as i64);

@@ -155,7 +155,7 @@ else
 	sg_fail "cart-b's series still in /metrics 10 s after its removal"
 fi
 sg_check "proxies back to 2" has '^sidecar_governor_proxies 2$'
-sg_check "cart-b's journal entry pruned" sh -c "! grep -q $CID_B $SG_STATE/journal.json"
+sg_check "cart-b's journal entry pruned" sg_wait 5 sh -c "! grep -q $CID_B $SG_STATE/journal.json"
 
 # The runtime goes away: procfs carries on, names kept, the source reported.
 sg_cri_stop
