@@ -67,8 +67,10 @@ odd=$(awk '$2 != 200000 && $3 != int($2 / 2) { n++ } END { print n + 0 }' "$SG_R
 writes=$(awk '$2 != last { n++ } { last = $2 } END { print n - 1 }' "$SG_RUN/burst.log")
 sg_check "burst = quota / 2 after each write ($odd samples in between writes, <= 3; $writes quota changes)" [ "$odd" -le 3 ]
 # Shrinks whose new quota is below the burst set with the previous one: only possible burst-first.
+# One is the proof (with no EINVAL counted); the way down usually has two (80000 -> 32000 ->
+# 12800), but the 250 ms sampler of a loaded host can miss the middle one (seen in CI).
 deep=$(awk '{ if ($2 != q) { if (q != "" && b > 0 && $2 + 0 < b + 0) n++; q = $2 } b = $3 } END { print n + 0 }' "$SG_RUN/burst.log")
-sg_check "$deep shrinks went below the previous burst (the kernel accepts those only burst-first; >= 2)" [ "$deep" -ge 2 ]
+sg_check "$deep shrinks went below the previous burst (the kernel accepts those only burst-first; >= 1)" [ "$deep" -ge 1 ]
 sg_check "burst never above the quota" [ "$(awk '$3 > $2 { n++ } END { print n + 0 }' "$SG_RUN/burst.log")" -eq 0 ]
 errs=$(sg_http /metrics | grep '^sidecar_governor_errors_total' | grep -v ' 0$' || true)
 sg_check "the kernel refused no write (errors: ${errs:-none})" [ -z "$(echo "$errs" | grep -e write_einval -e 'kind="write')" ]
