@@ -12,7 +12,6 @@
 
 mod memory;
 mod pods;
-mod storm;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
@@ -24,18 +23,18 @@ use tracing::{debug, info, warn};
 
 use crate::actuator::{self, RestoreReport};
 use crate::cgroup::CpuMax;
-use crate::controller::{
-    CpuBounds, CpuDecision, CpuObservation, CpuState, Direction, Reason, decide_cpu,
-};
+use crate::controller::Reason;
+use crate::controller::storm::{self, StormDetector};
 use crate::discovery::{Discovery, Proxy};
 use crate::events::{EventReason, EventSink, NoEvents, PodEvent};
 use crate::journal::{Journal, JournalError};
 use crate::metrics::{ErrorKind, ProxyLabels};
-use crate::ownership::{ContainerRecord, CpuMaxValue, Found, Limit, Owned};
-use crate::policy::{CpuPolicy, Mode, Policy};
+use crate::ownership::{ContainerRecord, CpuMaxValue, Limit, Owned};
+use crate::policy::{Mode, Policy};
+use crate::proxy::{CgroupIo, CpuPlan, CpuWrite, MemoryPlan, ProxyCore, Settings, StepOutcome};
 use crate::quantity::format_cpu_millis;
-use crate::sampler::{ProxyFiles, RawSample, cpu_observation};
-use crate::server::{ActionView, ProxyView, Shared, now_unix};
+use crate::sampler::{MemoryFiles, ProxyFiles};
+use crate::server::{ProxyView, Shared, now_unix};
 
 /// What the control loop can be told.
 #[derive(Debug)]
@@ -46,26 +45,20 @@ pub enum Command {
     Policy(Box<Policy>),
 }
 
-/// One governed proxy and the loop's memory of it. Its originals and the values the agent
-/// wrote live in its journal record ([`ContainerRecord`]), not here.
+/// One governed proxy in the loop: what discovery found, its open files and its control
+/// core ([`ProxyCore`]). Its originals and the values the agent wrote live in its journal
+/// record ([`ContainerRecord`]), not here.
 #[derive(Debug)]
 struct Governed {
     proxy: Proxy,
     labels: ProxyLabels,
     files: ProxyFiles,
-    prev: Option<RawSample>,
-    cpu: CpuState,
-    /// Dry run: the quota decisions would have set.
-    planned_millis: Option<u64>,
-    backoff_until: Option<Instant>,
-    failing: bool,
-    last_obs: Option<CpuObservation>,
-    last_action: Option<ActionView>,
+    /// `None` when memory is not governed or the cgroup has no memory controller files.
+    mem_files: Option<MemoryFiles>,
+    core: ProxyCore,
     /// The proxy's own mode (namespace override or pod annotation): `DryRun` means no writes
     /// for this one; `Off` proxies are never governed.
     mode: Mode,
-    /// The memory side; `None` when the cgroup has no memory controller files.
-    mem: Option<memory::MemoryGoverned>,
 }
 
 impl Governed {
@@ -73,36 +66,6 @@ impl Governed {
     fn pod_key(&self) -> &str {
         self.proxy.key.rsplit_once('/').map_or("", |(pod, _)| pod)
     }
-}
-
-/// A CPU decision taken this tick, waiting for the push-storm check before it is applied.
-#[derive(Debug)]
-struct PendingCpu {
-    key: String,
-    decision: CpuDecision,
-    from: u64,
-    floor: u64,
-    sample: RawSample,
-    obs: CpuObservation,
-    dry_run: bool,
-    burst_ratio: f64,
-    above_limit: bool,
-}
-
-/// A container write staged this tick (its record already holds the values as pending).
-#[derive(Debug)]
-struct CpuWrite {
-    pending: PendingCpu,
-    cpu_max: CpuMax,
-    burst: Option<(u64, u64)>,
-}
-
-/// What sampling and deciding one proxy's CPU came to.
-#[derive(Debug)]
-enum Step {
-    Gone,
-    Steady,
-    Decided(Box<PendingCpu>),
 }
 
 /// Outcome of stopping the agent.
@@ -136,7 +99,7 @@ pub struct Agent {
     last_scan: Option<Instant>,
     buf: Vec<u8>,
     events: Arc<dyn EventSink>,
-    storm: storm::StormDetector,
+    storm: StormDetector,
     /// Pod records whose quota must be recomputed this tick (a holder wrote or left).
     pods_due: BTreeSet<String>,
 }
@@ -199,7 +162,7 @@ impl Agent {
             last_scan: None,
             buf: Vec::with_capacity(4096),
             events: Arc::new(NoEvents),
-            storm: storm::StormDetector::default(),
+            storm: StormDetector::default(),
             pods_due: BTreeSet::new(),
         };
         agent.publish_mode();
@@ -270,39 +233,29 @@ impl Agent {
         self.reconcile_pods(now);
         let keys: Vec<String> = self.governed.keys().cloned().collect();
         let mut gone = Vec::new();
-        let mut pending = Vec::new();
-        let mut pending_mem = Vec::new();
+        let mut cpu_plans: Vec<(String, CpuPlan)> = Vec::new();
+        let mut mem_plans: Vec<(String, MemoryPlan)> = Vec::new();
         for key in keys {
-            let dry_run = self.proxy_dry_run(&key);
-            let alive = match self.step(&key, now) {
-                Step::Gone => false,
-                Step::Steady => true,
-                Step::Decided(p) => {
-                    pending.push(*p);
-                    true
-                }
-            };
-            let mem_alive = alive
-                && match self.step_memory(&key, now, dry_run) {
-                    memory::MemStep::Gone => false,
-                    memory::MemStep::Steady => true,
-                    memory::MemStep::Decided(p) => {
-                        pending_mem.push(p);
-                        true
-                    }
-                };
-            if !mem_alive {
+            let out = self.step(&key, now);
+            if out.gone {
                 gone.push(key);
+                continue;
+            }
+            if let Some(p) = out.cpu {
+                cpu_plans.push((key.clone(), p));
+            }
+            if let Some(p) = out.memory {
+                mem_plans.push((key, p));
             }
         }
-        let pending = self.hold_back_storm(now, pending);
+        self.hold_back_storm(now, &mut cpu_plans);
         // Stage: every value about to be written is recorded as pending, then one flush.
         let mut cpu_writes = Vec::new();
-        for p in pending {
+        for (key, p) in cpu_plans {
             if p.dry_run {
-                self.plan_cpu(p);
-            } else if let Some(w) = self.stage_cpu(p, &mut gone) {
-                cpu_writes.push(w);
+                self.plan_only(&key, &p);
+            } else if let Some(w) = self.stage_cpu(&key, p, &mut gone) {
+                cpu_writes.push((key, w));
             }
         }
         // Proxies found gone so far leave the journal in this tick's flush, not the next one.
@@ -310,25 +263,23 @@ impl Agent {
             self.forget(&key, false);
         }
         let pod_writes = self.stage_pods();
-        let mem_writes = self.stage_memory(pending_mem);
+        let mem_writes = self.stage_memory(mem_plans);
         if self.flush_journal() {
             let (raise, lower): (Vec<_>, Vec<_>) = pod_writes.into_iter().partition(|w| w.raise);
             self.apply_pods(raise);
-            for w in cpu_writes {
-                let key = w.pending.key.clone();
-                if !self.apply_cpu(w) {
+            for (key, w) in cpu_writes {
+                if !self.apply_cpu(&key, w) {
                     gone.push(key);
                 }
             }
             self.apply_pods(lower);
-            for w in mem_writes {
-                let key = w.key.clone();
-                if !self.apply_memory(w, now) {
+            for (key, w) in mem_writes {
+                if !self.apply_memory(&key, &w, now) {
                     gone.push(key);
                 }
             }
         } else {
-            self.unstage_memory(mem_writes);
+            self.unstage_memory(&mem_writes);
         }
         // Proxies that vanished between staging and writing leave at the next tick's flush.
         for key in gone {
@@ -344,43 +295,32 @@ impl Agent {
     }
 
     /// Many proxies wanting to grow at once is a config push: hold growth back briefly.
-    fn hold_back_storm(&mut self, now: Instant, pending: Vec<PendingCpu>) -> Vec<PendingCpu> {
-        let wants = |p: &PendingCpu| {
-            p.decision.direction == Direction::Up && p.decision.reason != Reason::Policy
-        };
-        let wanting: Vec<&str> = pending
-            .iter()
-            .filter(|p| wants(p))
-            .map(|p| p.key.as_str())
-            .collect();
-        let storm = self.storm.observe(
+    fn hold_back_storm(&mut self, now: Instant, plans: &mut Vec<(String, CpuPlan)>) {
+        let before = plans.len();
+        let governed = self.governed.len();
+        let p = &self.policy.cpu.push_storm;
+        let state = storm::hold_back(
+            &mut self.storm,
             now,
-            &wanting,
-            self.governed.len(),
-            &self.policy.cpu.push_storm,
+            plans,
+            CpuPlan::wants_growth,
+            governed,
+            p,
         );
-        if storm == storm::Storm::Started {
+        if state == storm::Storm::Started {
             self.shared.metrics.push_storms.inc();
             warn!(
-                proxies = wanting.len(),
-                governed = self.governed.len(),
-                grace_s = self.policy.cpu.push_storm.grace.as_secs_f64(),
+                proxies = before - plans.len(),
+                governed,
+                grace_s = p.grace.as_secs_f64(),
                 "push storm: many proxies spiked at once (a config push?); holding growth back"
             );
+        } else if before != plans.len() {
+            debug!(
+                held = before - plans.len(),
+                "growth held back during a push storm"
+            );
         }
-        if storm == storm::Storm::Calm {
-            return pending;
-        }
-        pending
-            .into_iter()
-            .filter(|p| {
-                let held = wants(p);
-                if held {
-                    debug!(cgroup = p.key, "growth held back during a push storm");
-                }
-                !held
-            })
-            .collect()
     }
 
     /// Writes the journal if anything changed. Returns false when it could not: then no
@@ -471,8 +411,7 @@ impl Agent {
                             "proxy mode changed"
                         );
                         g.mode = mode;
-                        g.planned_millis = None;
-                        g.cpu = CpuState::default();
+                        g.core.reset_plan();
                     }
                     // Names learnt later (CRI back after a procfs fallback) or new settings.
                     let p = &g.proxy;
@@ -517,7 +456,7 @@ impl Agent {
             }
         };
         let mem = if self.policy.memory.enabled {
-            match memory::MemoryGoverned::open(&proxy.dir, &mut self.buf) {
+            match memory::open(&proxy.dir, &mut self.buf) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     debug!(cgroup = proxy.key, error = %e, "no memory files; memory not governed");
@@ -527,37 +466,16 @@ impl Agent {
         } else {
             None
         };
-        let memory_high = mem.as_ref().map(|m| m.found_high);
-        let mut outside = Vec::new();
-        let reconciled = self.journal.container_mut(&proxy.key).map(|mut r| {
-            // Restarted after changing it: reconcile each file with what was journaled.
-            {
-                if r.cpu_max.observe(CpuMaxValue(first.cpu_max)).0 == Found::Outside {
-                    outside.push("cpu.max");
-                }
-                if let (Some(o), Some(b)) = (r.cpu_max_burst.as_mut(), burst) {
-                    if o.observe(Limit(Some(b))).0 == Found::Outside {
-                        outside.push("cpu.max.burst");
-                    }
-                } else if r.cpu_max_burst.is_none() {
-                    r.cpu_max_burst = burst.map(|b| Owned::new(Limit(Some(b))));
-                }
-                let memory_outside = match (r.memory_high.as_mut(), memory_high) {
-                    (Some(o), Some(h)) => o.observe(Limit(h)).0 == Found::Outside,
-                    (None, Some(h)) => {
-                        r.memory_high = Some(Owned::new(Limit(h)));
-                        false
-                    }
-                    _ => false,
-                };
-                if memory_outside {
-                    outside.push("memory.high");
-                }
-                ContainerRecord::clone(&r)
-            }
-        });
-        let record = match reconciled {
-            Some(r) => r,
+        let memory_high = mem.as_ref().map(|(_, m)| m.found_high);
+        // Restarted after changing it: reconcile each file with what was journaled.
+        let outside = self
+            .journal
+            .update_container(&proxy.key, |r| {
+                r.reconcile_found(first.cpu_max, burst, memory_high)
+            })
+            .unwrap_or_default();
+        let record = match self.journal.container(&proxy.key) {
+            Some(r) => r.clone(),
             None => {
                 let r = untouched_record(&proxy, first.cpu_max, burst, memory_high);
                 self.journal.insert_container(&proxy.key, r.clone());
@@ -587,36 +505,42 @@ impl Agent {
             );
             self.shared.metrics.error(ErrorKind::Annotation);
         }
-        let mem = mem.map(|mut m| {
-            // Placed only once a write of the agent's may have landed.
-            m.set_placed(record.memory_high.is_some_and(|h| h.touched()));
-            m
-        });
-        let mut governed = Governed {
-            mem,
-            labels: labels_of(&proxy),
-            files,
-            prev: None,
-            cpu: CpuState::default(),
-            planned_millis: None,
-            backoff_until: None,
-            failing: false,
-            last_obs: None,
-            last_action: None,
-            mode,
-            proxy,
+        let (mem_files, mem_core) = match mem {
+            Some((files, mut core)) => {
+                // Placed only once a write of the agent's may have landed.
+                core.set_placed(record.memory_high.is_some_and(|h| h.touched()));
+                (Some(files), Some(core))
+            }
+            None => (None, None),
         };
+        let key = proxy.key.clone();
+        self.governed.insert(
+            key.clone(),
+            Governed {
+                labels: labels_of(&proxy),
+                files,
+                mem_files,
+                core: ProxyCore::new(mem_core),
+                mode,
+                proxy,
+            },
+        );
         if !outside.is_empty() {
-            self.outside_change(&mut governed, &outside.join(", "), now);
+            if let Some(g) = self.governed.get_mut(&key) {
+                g.core.back_off(now + self.policy.cpu.conflict_backoff);
+            }
+            self.tell_outside(&key, &outside.join(", "));
         }
-        self.governed.insert(governed.proxy.key.clone(), governed);
     }
 
     /// Someone else changed `what` of a governed container: its value is the original now
-    /// (the record says so already); count it, tell, and leave the container alone a while.
-    fn outside_change(&self, g: &mut Governed, what: &str, now: Instant) {
+    /// (the record says so already, and the core backs off); count it and tell.
+    fn tell_outside(&self, key: &str, what: &str) {
+        let Some(g) = self.governed.get(key) else {
+            return;
+        };
         warn!(
-            cgroup = g.proxy.key,
+            cgroup = key,
             files = what,
             "changed by someone else (kubelet resize or an operator); adopting it as the original"
         );
@@ -629,11 +553,6 @@ impl Agent {
                 g.proxy.container
             ),
         ));
-        g.cpu = CpuState::default();
-        g.backoff_until = Some(now + self.policy.cpu.conflict_backoff);
-        if let Some(m) = g.mem.as_mut() {
-            m.back_off(now + self.policy.cpu.conflict_backoff);
-        }
     }
 
     /// Stops governing `key`. With `release`, a container that still exists gets its
@@ -744,149 +663,81 @@ impl Agent {
                     ..r.clone()
                 };
                 self.journal.insert_container(key, fresh);
-                g.prev = None;
-                g.cpu = CpuState::default();
-                if let Some(m) = g.mem.as_mut() {
-                    m.reset();
-                }
+                g.core.reset();
             }
         }
         report
     }
 
-    /// True when this proxy's decisions are not written (global or its own dry run).
-    fn proxy_dry_run(&self, key: &str) -> bool {
-        self.dry_run()
-            || self
-                .governed
-                .get(key)
-                .is_some_and(|g| g.mode == Mode::DryRun)
-    }
-
-    /// The CPU bounds of one proxy: policy (narrowed by namespace override and pod
-    /// annotations), its original limit, and Envoy's worker count.
-    fn cpu_bounds(cpu: &CpuPolicy, g: &Governed, original: &CpuMax) -> CpuBounds {
-        CpuBounds::new(cpu, original.millis())
-            .with_concurrency(g.proxy.concurrency, cpu.per_worker_min_millis)
-    }
-
-    /// Samples, reconciles and decides the CPU of one proxy; the decision is staged and
-    /// applied once the whole node has been seen (push-storm check, one journal flush).
-    fn step(&mut self, key: &str, now: Instant) -> Step {
+    /// Samples, reconciles and plans one proxy through its core; logs and counts what went
+    /// wrong and tells of files someone else changed.
+    fn step(&mut self, key: &str, now: Instant) -> StepOutcome {
+        let global_dry_run = self.dry_run_flag || self.policy.dry_run;
+        let (Some(g), Some(mut record)) =
+            (self.governed.get_mut(key), self.journal.container_mut(key))
+        else {
+            return StepOutcome::default();
+        };
         // The proxy's own dry run and bounds (namespace override, pod annotations).
-        let (dry_run, cpu_policy) = match self.governed.get(key) {
-            Some(g) => (
-                self.dry_run() || g.mode == Mode::DryRun,
-                self.policy
-                    .effective(&g.proxy.namespace, &g.proxy.control)
-                    .cpu,
-            ),
-            None => return Step::Steady,
+        let effective = self.policy.effective(&g.proxy.namespace, &g.proxy.control);
+        let settings = Settings {
+            cpu: &effective.cpu,
+            memory: &self.policy.memory,
+            dry_run: global_dry_run || g.mode == Mode::DryRun,
+            concurrency: g.proxy.concurrency,
+            conflict_backoff: self.policy.cpu.conflict_backoff,
         };
-        let Some(g) = self.governed.get_mut(key) else {
-            return Step::Steady;
+        let mut io = CgroupIo {
+            dir: &g.proxy.dir,
+            files: &mut g.files,
+            memory: g.mem_files.as_mut(),
+            buf: &mut self.buf,
         };
-        let sample = match g.files.sample(&mut self.buf, now) {
-            Ok(s) => s,
-            Err(e) if e.is_gone() => return Step::Gone,
-            Err(e) => {
-                if !g.failing {
-                    warn!(cgroup = key, error = %e, "cannot sample proxy");
-                }
-                g.failing = true;
-                self.shared.metrics.error(e.kind());
-                return Step::Steady;
+        let out = g.core.step(&mut io, &mut record, &settings, now);
+        drop(record);
+        for p in &out.problems {
+            if p.first {
+                warn!(cgroup = key, error = %p.error, what = p.what, "cannot read proxy cgroup");
+            } else {
+                debug!(cgroup = key, error = %p.error, what = p.what, "cannot read proxy cgroup");
             }
-        };
-        if g.failing {
+            self.shared.metrics.error(p.error.kind());
+        }
+        if out.recovered {
             info!(cgroup = key, "sampling recovered");
-            g.failing = false;
         }
-        // Coexistence: a value neither original nor ours is someone else's (it becomes the
-        // original; the record changes, and the journal is due a flush, only then).
-        let Some((found, was_touched, original)) = self.journal.update_container(key, |r| {
-            let was_touched = r.cpu_max.touched();
-            let (found, _) = r.cpu_max.observe(CpuMaxValue(sample.cpu_max));
-            (found, was_touched, r.cpu_max.original.0)
-        }) else {
-            return Step::Steady;
-        };
-        if found == Found::Outside
-            && was_touched
-            && let Some(mut taken) = self.governed.remove(key)
-        {
-            self.outside_change(&mut taken, "cpu.max", now);
-            self.governed.insert(key.to_string(), taken);
+        if !out.outside.is_empty() {
+            self.tell_outside(key, &out.outside.join(", "));
         }
-        let Some(g) = self.governed.get_mut(key) else {
-            return Step::Steady;
-        };
-        let bounds = Self::cpu_bounds(&cpu_policy, g, &original);
-        let in_force = if dry_run {
-            g.planned_millis.or(sample.cpu_max.millis())
-        } else {
-            sample.cpu_max.millis()
-        }
-        .unwrap_or(bounds.ceiling);
-        let obs = g
-            .prev
-            .as_ref()
-            .and_then(|prev| cpu_observation(prev, &sample, in_force));
-        g.prev = Some(sample);
-        let Some(obs) = obs else {
-            return Step::Steady;
-        };
-        g.last_obs = Some(obs);
-        if let Some(until) = g.backoff_until {
-            if now < until {
-                return Step::Steady;
-            }
-            g.backoff_until = None;
-        }
-        match decide_cpu(&mut g.cpu, &obs, bounds, &cpu_policy) {
-            None => Step::Steady,
-            Some(decision) => Step::Decided(Box::new(PendingCpu {
-                key: key.to_string(),
-                decision,
-                from: in_force,
-                floor: bounds.floor,
-                sample,
-                obs,
-                dry_run,
-                burst_ratio: cpu_policy.burst_ratio,
-                above_limit: cpu_policy.allow_above_limit,
-            })),
-        }
+        out
     }
 
     /// Dry run: the decision is only remembered (and shown).
-    fn plan_cpu(&mut self, p: PendingCpu) {
-        if let Some(g) = self.governed.get_mut(&p.key) {
-            g.planned_millis = Some(p.decision.quota_millis);
+    fn plan_only(&mut self, key: &str, p: &CpuPlan) {
+        if let Some(g) = self.governed.get_mut(key) {
+            g.core.plan_only(p);
         }
-        self.record_cpu_action(&p);
+        self.record_cpu_action(key, p);
     }
 
-    /// Records the values a CPU decision will write as pending: the container's `cpu.max`,
-    /// its burst, and its hold on the pod when it may go above its own limit.
-    fn stage_cpu(&mut self, p: PendingCpu, gone: &mut Vec<String>) -> Option<CpuWrite> {
-        let g = self.governed.get(&p.key)?;
+    /// Records the values a CPU plan will write as pending: the container's `cpu.max`, its
+    /// burst, and its hold on the pod when it may go above its own limit.
+    fn stage_cpu(&mut self, key: &str, p: CpuPlan, gone: &mut Vec<String>) -> Option<CpuWrite> {
+        let g = self.governed.get(key)?;
         let dir = g.proxy.dir.clone();
         let pod_key = g.pod_key().to_string();
         let pod_dir = g.proxy.pod_dir.clone();
-        let cpu_max = p.sample.cpu_max.with_millis(p.decision.quota_millis);
-        let record = self.journal.container(&p.key)?;
+        let record = self.journal.container(key)?;
         // The burst in force now, reconciled like any owned value.
         let burst = match record.cpu_max_burst {
             Some(_) => match actuator::read_cpu_burst(&dir) {
-                Ok(Some(now)) => Some(now),
-                Ok(None) => None,
+                Ok(now) => now,
                 Err(e) if e.is_gone() => {
-                    gone.push(p.key.clone());
+                    gone.push(key.to_string());
                     return None;
                 }
                 Err(e) => {
-                    warn!(cgroup = p.key, error = %e, "cannot read cpu.max.burst; not writing");
+                    warn!(cgroup = key, error = %e, "cannot read cpu.max.burst; not writing");
                     self.shared.metrics.error(e.kind());
                     return None;
                 }
@@ -895,59 +746,35 @@ impl Agent {
         };
         let hold_pod = (p.above_limit || record.pod_hold.is_some())
             && self.ensure_pod_record(&pod_key, &pod_dir).ok()?;
-        let mut record = self.journal.container_mut(&p.key)?;
-        let burst_plan = match (record.cpu_max_burst.as_mut(), burst) {
-            (Some(owned), Some(now)) => {
-                owned.observe(Limit(Some(now)));
-                let to = actuator::burst_target(Some(now), cpu_max.quota_us, p.burst_ratio)
-                    .unwrap_or(now);
-                if to != now {
-                    owned.begin(Limit(Some(to)));
-                }
-                Some((now, to))
-            }
-            _ => None,
-        };
-        record.cpu_max.begin(CpuMaxValue(cpu_max));
-        if hold_pod {
-            record.pod_hold = Some(pod_key.clone());
-        }
+        let g = self.governed.get(key)?;
+        let mut record = self.journal.container_mut(key)?;
+        let write = g
+            .core
+            .stage_cpu(p, burst, hold_pod.then_some(pod_key.as_str()), &mut record);
         drop(record);
         if hold_pod {
             if let Some(mut pod) = self.journal.pod_mut(&pod_key) {
-                pod.holders.insert(p.key.clone());
+                pod.holders.insert(key.to_string());
             }
             self.pods_due.insert(pod_key);
         }
-        Some(CpuWrite {
-            pending: p,
-            cpu_max,
-            burst: burst_plan,
-        })
+        Some(write)
     }
 
     /// Applies a staged CPU write. Returns false when the proxy turned out to be gone.
-    fn apply_cpu(&mut self, w: CpuWrite) -> bool {
-        let key = w.pending.key.clone();
-        let Some(dir) = self.governed.get(&key).map(|g| g.proxy.dir.clone()) else {
+    fn apply_cpu(&mut self, key: &str, w: CpuWrite) -> bool {
+        let Some(g) = self.governed.get_mut(key) else {
             return true;
         };
-        match actuator::write_cpu(&dir, &w.cpu_max, w.burst) {
-            Ok(()) => {
-                if let Some(mut r) = self.journal.container_mut(&key) {
-                    r.cpu_max.confirm(CpuMaxValue(w.cpu_max));
-                    if let (Some(o), Some((_, to))) = (r.cpu_max_burst.as_mut(), w.burst) {
-                        o.confirm(Limit(Some(to)));
-                    }
-                }
-                if let Some(g) = self.governed.get_mut(&key) {
-                    g.prev = Some(RawSample {
-                        cpu_max: w.cpu_max,
-                        ..w.pending.sample
-                    });
-                    g.planned_millis = None;
-                }
-            }
+        let mut io = CgroupIo {
+            dir: &g.proxy.dir,
+            files: &mut g.files,
+            memory: None,
+            buf: &mut self.buf,
+        };
+        let mut record = self.journal.container_mut(key);
+        match g.core.apply_cpu(&mut io, &w, record.as_deref_mut()) {
+            Ok(()) => {}
             Err(e) if e.is_gone() => return false,
             Err(e) => {
                 // What the file holds now is either the old or the new value, both ours
@@ -957,66 +784,36 @@ impl Agent {
                 return true;
             }
         }
-        self.record_cpu_action(&w.pending);
+        drop(record);
+        self.record_cpu_action(key, &w.plan);
         true
     }
 
-    /// Counts, logs, tells (Events) and shows one CPU action.
-    fn record_cpu_action(&mut self, p: &PendingCpu) {
-        let (decision, from, to) = (&p.decision, p.from, p.decision.quota_millis);
-        let Some(g) = self.governed.get_mut(&p.key) else {
+    /// Counts, logs and tells (Events) one CPU action.
+    fn record_cpu_action(&self, key: &str, p: &CpuPlan) {
+        let Some(g) = self.governed.get(key) else {
             return;
         };
-        let (direction, reason) = (decision.direction.as_str(), decision.reason.as_str());
+        let (direction, reason) = (p.decision.direction.as_str(), p.decision.reason.as_str());
         self.shared.metrics.action("cpu", direction, reason);
-        let event = match decision.direction {
-            _ if p.dry_run => None,
-            Direction::Up => Some(EventReason::ScaledUp),
-            Direction::Down if to <= p.floor => Some(EventReason::AtFloor),
-            _ => None,
-        };
-        if let Some(event) = event {
-            self.events.emit(PodEvent::about(
-                &g.proxy,
-                event,
-                format!(
-                    "CPU quota of container {} {} {} -> {} ({reason}; usage {}m, throttled {:.0}%)",
-                    g.proxy.container,
-                    if event == EventReason::ScaledUp {
-                        "raised"
-                    } else {
-                        "lowered to its floor"
-                    },
-                    format_cpu_millis(from),
-                    format_cpu_millis(to),
-                    p.obs.usage_millis.round(),
-                    p.obs.throttled_ratio * 100.0
-                ),
-            ));
+        if let Some((event, message)) = p.event(&g.proxy.container) {
+            self.events.emit(PodEvent::about(&g.proxy, event, message));
         }
         info!(
-            cgroup = p.key,
+            cgroup = key,
             pod_uid = g.proxy.pod_uid,
             namespace = g.proxy.namespace,
             pod = g.proxy.pod,
             container = g.proxy.container,
             direction,
             reason,
-            from = format_cpu_millis(from),
-            to = format_cpu_millis(to),
+            from = format_cpu_millis(p.from),
+            to = format_cpu_millis(p.decision.quota_millis),
             usage_millicores = p.obs.usage_millis.round(),
             throttled_ratio = p.obs.throttled_ratio,
             dry_run = p.dry_run,
             "cpu quota"
         );
-        g.last_action = Some(ActionView {
-            resource: "cpu",
-            direction,
-            reason,
-            from: format_cpu_millis(from),
-            to: format_cpu_millis(to),
-            at: now_unix(),
-        });
     }
 
     /// Updates the per-proxy gauges and the debug view (in place: the strings of the last
@@ -1030,12 +827,7 @@ impl Agent {
                 let dry_run = global_dry_run || g.mode == Mode::DryRun;
                 let record = self.journal.container(key);
                 let original = record.and_then(|r| r.cpu_max.original.0.millis());
-                let quota = if dry_run {
-                    g.planned_millis.or(g.prev.and_then(|s| s.cpu_max.millis()))
-                } else {
-                    g.prev.and_then(|s| s.cpu_max.millis())
-                };
-                if let Some(q) = quota {
+                if let Some(q) = g.core.shown_quota(dry_run) {
                     m.cpu_quota_millicores
                         .get_or_create(&g.labels)
                         .set(q as f64);
@@ -1045,7 +837,7 @@ impl Agent {
                         .get_or_create(&g.labels)
                         .set(o as f64);
                 }
-                if let Some(o) = &g.last_obs {
+                if let Some(o) = g.core.last_obs() {
                     m.cpu_usage_millicores
                         .get_or_create(&g.labels)
                         .set(o.usage_millis);
@@ -1053,19 +845,19 @@ impl Agent {
                         .get_or_create(&g.labels)
                         .set(o.throttled_ratio);
                 }
-                let memory_high = g.mem.as_ref().and_then(|mm| mm.shown_high(dry_run));
-                let reading = g.mem.as_ref().and_then(|mm| mm.last);
-                if let Some(r) = reading {
+                if let Some(mm) = g.core.memory()
+                    && let Some(r) = mm.last
+                {
+                    let high = mm.shown_high(dry_run);
                     m.memory_high_bytes
                         .get_or_create(&g.labels)
-                        .set(memory_high.map_or(f64::INFINITY, |h| h as f64));
+                        .set(high.map_or(f64::INFINITY, |h| h as f64));
                     m.memory_usage_bytes
                         .get_or_create(&g.labels)
                         .set(r.current as f64);
-                    let limit = g.mem.as_ref().and_then(|mm| mm.limit);
                     m.memory_max_bytes
                         .get_or_create(&g.labels)
-                        .set(limit.map_or(f64::INFINITY, |l| l as f64));
+                        .set(mm.limit.map_or(f64::INFINITY, |l| l as f64));
                     if let Some(pr) = r.pressure {
                         m.memory_pressure_ratio.get_or_create(&g.labels).set(pr);
                     }
@@ -1082,17 +874,7 @@ impl Agent {
                 v.container_id.clone_from(&g.proxy.container_id);
                 v.process.clone_from(&g.proxy.process);
                 v.pid = g.proxy.pid;
-                v.cpu_quota_millis = quota;
-                v.cpu_original_millis = original;
-                v.cpu_usage_millis = g.last_obs.map(|o| o.usage_millis);
-                v.cpu_throttled_ratio = g.last_obs.map(|o| o.throttled_ratio);
-                v.memory_high_bytes = memory_high;
-                v.memory_usage_bytes = reading.map(|r| r.current);
-                v.memory_pressure_ratio = reading.and_then(|r| r.pressure);
-                v.backoff = g.backoff_until.is_some();
-                if v.last_action != g.last_action {
-                    v.last_action.clone_from(&g.last_action);
-                }
+                g.core.fill_view(v, dry_run, original);
             }
         });
     }

@@ -19,6 +19,7 @@ pub mod journal;
 pub mod metrics;
 pub mod ownership;
 pub mod policy;
+pub mod proxy;
 pub mod quantity;
 pub mod reload;
 pub mod sampler;

@@ -240,6 +240,36 @@ impl ContainerRecord {
         self.touched() || self.pod_hold.is_some()
     }
 
+    /// Reconciles the record with what a container's files hold when it is found (at start,
+    /// or after a restart of the agent): each value that is neither the original nor the
+    /// agent's becomes the original. Files the record did not know yet are recorded as found.
+    /// Returns the files someone else changed.
+    pub fn reconcile_found(
+        &mut self,
+        cpu_max: crate::cgroup::CpuMax,
+        burst: Option<u64>,
+        memory_high: Option<Option<u64>>,
+    ) -> Vec<&'static str> {
+        let mut outside = Vec::new();
+        let mut check = |what, found: Found| {
+            if found == Found::Outside {
+                outside.push(what);
+            }
+        };
+        check("cpu.max", self.cpu_max.observe(CpuMaxValue(cpu_max)).0);
+        match (self.cpu_max_burst.as_mut(), burst) {
+            (Some(o), Some(b)) => check("cpu.max.burst", o.observe(Limit(Some(b))).0),
+            (None, b) => self.cpu_max_burst = b.map(|b| Owned::new(Limit(Some(b)))),
+            (Some(_), None) => {}
+        }
+        match (self.memory_high.as_mut(), memory_high) {
+            (Some(o), Some(h)) => check("memory.high", o.observe(Limit(h)).0),
+            (None, Some(h)) => self.memory_high = Some(Owned::new(Limit(h))),
+            (_, None) => {}
+        }
+        outside
+    }
+
     /// The container's quota above its own original limit (what its pod must be raised by).
     pub fn excess_millis(&self) -> u64 {
         let Some(original) = self.cpu_max.original.0.millis() else {

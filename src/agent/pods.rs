@@ -95,7 +95,7 @@ impl Agent {
             let mut told = false;
             for holder in holders {
                 if let Some(g) = self.governed.get_mut(&holder) {
-                    g.backoff_until = Some(backoff);
+                    g.core.back_off_cpu(backoff);
                     if !told {
                         told = true;
                         self.events.emit(PodEvent::about(

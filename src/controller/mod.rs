@@ -4,6 +4,7 @@
 
 pub mod cpu;
 pub mod memory;
+pub mod storm;
 
 pub use cpu::{CpuBounds, CpuDecision, CpuObservation, CpuState, decide_cpu};
 pub use memory::{

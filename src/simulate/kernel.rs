@@ -35,8 +35,14 @@
 //!   stretch.
 //! - Writes read back like the kernel's: `cpu.max` via [`CpuMax::with_millis`], `memory.high`
 //!   rounded down to whole pages.
+//!
+//! [`ModelIo`] is the model as the per-proxy core's I/O seam ([`crate::proxy::ProxyIo`]).
 
-use crate::cgroup::{CpuMax, CpuStat, MemoryEvents, MemoryStat, Pressure};
+use std::time::{Duration, Instant};
+
+use crate::cgroup::{CgroupError, CpuMax, CpuStat, MemoryEvents, MemoryStat, Pressure};
+use crate::proxy::ProxyIo;
+use crate::sampler::{MemoryRaw, RawSample};
 
 /// The CFS period the model enforces (the kernel's default).
 pub const PERIOD_US: u64 = 100_000;
@@ -230,6 +236,11 @@ impl CgroupModel {
         self.cpu_max
     }
 
+    /// Writes `cpu.max`.
+    pub fn set_cpu_max(&mut self, value: CpuMax) {
+        self.cpu_max = value;
+    }
+
     pub fn memory_current(&self) -> u64 {
         self.current
     }
@@ -271,6 +282,72 @@ impl CgroupModel {
         self.stat.file -= freed;
         self.current -= freed;
         freed
+    }
+}
+
+/// The model as the per-proxy core's I/O seam: what the agent reads from and writes to cgroup
+/// files, the simulator reads from and writes to the model. The model has no `cpu.max.burst`
+/// (it matters within a 100 ms period, far below a tick) and its writes never time out.
+#[derive(Debug)]
+pub struct ModelIo<'a> {
+    pub model: &'a mut CgroupModel,
+    /// Memory is governed (the core samples the memory files).
+    pub memory: bool,
+    /// Bytes `memory.reclaim` freed so far.
+    pub reclaimed: &'a mut u64,
+}
+
+impl ProxyIo for ModelIo<'_> {
+    fn sample_cpu(&mut self, now: Instant) -> Result<RawSample, CgroupError> {
+        Ok(RawSample {
+            at: now,
+            cpu: self.model.cpu_stat(),
+            cpu_max: self.model.cpu_max(),
+            cpu_pressure: Some(self.model.cpu_pressure()),
+        })
+    }
+
+    fn read_cpu_burst(&mut self) -> Result<Option<u64>, CgroupError> {
+        Ok(None)
+    }
+
+    fn write_cpu(&mut self, cpu_max: &CpuMax, _: Option<(u64, u64)>) -> Result<(), CgroupError> {
+        self.model.set_cpu_max(*cpu_max);
+        Ok(())
+    }
+
+    fn sample_memory(&mut self, now: Instant) -> Option<Result<MemoryRaw, CgroupError>> {
+        let m = &self.model;
+        self.memory.then(|| {
+            Ok(MemoryRaw {
+                at: now,
+                current: m.memory_current(),
+                high: m.memory_high(),
+                events: m.memory_events(),
+                pressure: Some(m.memory_pressure()),
+            })
+        })
+    }
+
+    fn read_memory_stat(&mut self) -> Result<MemoryStat, CgroupError> {
+        Ok(self.model.memory_stat())
+    }
+
+    fn read_memory_max(&mut self) -> Result<Option<u64>, CgroupError> {
+        Ok(Some(self.model.memory_max()))
+    }
+
+    fn read_memory_high(&mut self) -> Result<Option<u64>, CgroupError> {
+        Ok(self.model.memory_high())
+    }
+
+    fn set_memory_high(&mut self, bytes: u64, _: Duration) -> Result<Option<u64>, CgroupError> {
+        Ok(self.model.set_memory_high(bytes))
+    }
+
+    fn reclaim(&mut self, bytes: u64, _: Duration) -> Result<(), CgroupError> {
+        *self.reclaimed += self.model.reclaim(bytes);
+        Ok(())
     }
 }
 

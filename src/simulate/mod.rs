@@ -1,24 +1,24 @@
 //! The offline simulator (`sidecar-governor simulate`): replays per-proxy demand traces
 //! ([`trace`]) through a model of the kernel's CPU throttling and memory limits ([`kernel`]) and
-//! the agent's own controller — `decide_cpu`, `decide_memory`, `wants_stat`, `CpuBounds::new`,
-//! `MemoryBounds::new`, fed by `sampler::cpu_observation` — tick by tick at the policy's
-//! interval, then reports per proxy and in total what the policy reserved against the static
-//! original limits and what it cost in throttling and memory stall ([`report`]), and can chart
-//! one proxy ([`chart`]). Everything here is pure: the trace comes in parsed, the report and
-//! the SVG go out as values; reading and writing files is the binary's job.
+//! the agent's own per-proxy core ([`crate::proxy::ProxyCore`]: the same step, ownership record
+//! and back-offs as the agent, over the model as its I/O seam) and the agent's push-storm rule
+//! ([`crate::controller::storm::hold_back`]), tick by tick at the policy's interval; then it
+//! reports per proxy and in total what the policy reserved against the static original limits
+//! and what it cost in throttling and memory stall ([`report`]), and can chart one proxy
+//! ([`chart`]). Everything here is pure: the trace comes in parsed, the report and the SVG go
+//! out as values; reading and writing files is the binary's job.
 //!
-//! Each tick, for each proxy that exists by then, the simulator lets the kernel model run from
-//! the previous tick with the limits in force, reads the model's counters into the same
-//! samples the agent reads from cgroup files, builds observations from two consecutive samples
-//! as the agent does (the first tick only primes them), asks the controller, and writes its
-//! decision back into the model. As in the agent, a proxy's CPU bounds are the policy's after
-//! its namespace's `overrides` (a proxy named `namespace/pod` is in `namespace`), narrowed by
-//! Envoy's `--concurrency` when the trace gives it; a namespace in mode `off` is left at its
-//! originals. `dryRun` and mode `dry-run` are simulated as `on`: the simulation shows what the
-//! agent would write. Left out: what a trace cannot show (discovery, conflicts with other
-//! writers, write timeouts), push-storm absorption across proxies (the agent's detector is
-//! private to its loop), and `cpu.max.burst` (it matters within a 100 ms period, far below a
-//! tick).
+//! Each tick, the kernel model of every proxy that exists by then runs from the previous tick
+//! with the limits in force; then, as in the agent's loop, every proxy's core samples the
+//! model and plans, the push-storm rule holds back growth when many proxies want it at once,
+//! and the plans are staged in each proxy's record and written back into the model. As in the
+//! agent, a proxy's CPU bounds are the policy's after its namespace's `overrides` (a proxy
+//! named `namespace/pod` is in `namespace`), narrowed by Envoy's `--concurrency` when the trace
+//! gives it; a namespace in mode `off` is left at its originals. `dryRun` and mode `dry-run`
+//! are simulated as `on`: the simulation shows what the agent would write. Left out: what a
+//! trace cannot show (discovery, conflicts with other writers, write timeouts), pod cgroups
+//! (`cpu.allowAboveLimit` raises no pod here), and `cpu.max.burst` (it matters within a
+//! 100 ms period, far below a tick).
 
 pub mod chart;
 pub mod kernel;
@@ -27,15 +27,13 @@ pub mod trace;
 
 use std::time::{Duration, Instant};
 
-use crate::controller::{
-    CpuBounds, CpuState, MemoryAction, MemoryBounds, MemoryObservation, MemoryState, decide_cpu,
-    decide_memory, wants_stat,
-};
+use crate::controller::storm::{self, StormDetector};
+use crate::ownership::{ContainerRecord, CpuMaxValue, Limit, Owned};
 use crate::policy::{CpuPolicy, Mode, PodControl, Policy};
-use crate::sampler::{MemoryRaw, RawSample, cpu_observation, memory_deltas};
+use crate::proxy::{CpuPlan, MemoryCore, MemoryPlan, ProxyCore, ProxyIo, Settings};
 
 use chart::{Series, SeriesPoint};
-use kernel::{CgroupModel, Demand};
+use kernel::{CgroupModel, Demand, ModelIo};
 use report::{ProxyReport, Report, Totals};
 use trace::{ProxyTrace, Trace};
 
@@ -89,8 +87,8 @@ pub struct Outcome {
     pub series: Option<Series>,
 }
 
-/// One proxy being replayed: its trace, the kernel model, the controller's state and the
-/// agent's previous samples, and the figures so far.
+/// One proxy being replayed: its trace, the kernel model, the agent's per-proxy core and its
+/// ownership record, and the figures so far.
 struct Runner<'a> {
     trace: &'a ProxyTrace,
     /// The trace row in force at `at_us`.
@@ -102,12 +100,8 @@ struct Runner<'a> {
     governed: bool,
     /// The policy's CPU tuning after the namespace's overrides.
     cpu_policy: CpuPolicy,
-    cpu_bounds: CpuBounds,
-    memory_bounds: MemoryBounds,
-    cpu_state: CpuState,
-    memory_state: MemoryState,
-    prev_cpu: Option<RawSample>,
-    prev_memory: Option<MemoryRaw>,
+    core: ProxyCore,
+    record: ContainerRecord,
     report: ProxyReport,
     series: Option<Vec<SeriesPoint>>,
 }
@@ -118,25 +112,41 @@ impl<'a> Runner<'a> {
         let memory_limit = trace
             .memory_limit_bytes
             .unwrap_or(options.memory_limit_bytes);
-        let model = CgroupModel::new(cpu_limit, memory_limit);
+        let mut model = CgroupModel::new(cpu_limit, memory_limit);
         let namespace = trace.name.split_once('/').map_or("", |(ns, _)| ns);
         let effective = policy.effective(namespace, &PodControl::default());
+        // As the agent: the originals are what the files held when the proxy was found.
+        let mut reclaimed = 0;
+        let mut io = ModelIo {
+            model: &mut model,
+            memory: policy.memory.enabled,
+            reclaimed: &mut reclaimed,
+        };
+        let mem = match (io.sample_memory(Instant::now()), io.read_memory_max()) {
+            (Some(Ok(first)), Ok(limit)) => Some(MemoryCore::new(&first, limit)),
+            _ => None,
+        };
+        let record = ContainerRecord {
+            pod_uid: String::new(),
+            container_id: String::new(),
+            namespace: namespace.to_string(),
+            pod: trace.name.clone(),
+            container: String::new(),
+            cpu_max: Owned::new(CpuMaxValue(model.cpu_max())),
+            cpu_max_burst: None,
+            memory_high: mem.as_ref().map(|m| Owned::new(Limit(m.found_high))),
+            pod_hold: None,
+            recorded_at: 0,
+        };
         Runner {
             trace,
             cursor: 0,
             at_us: trace.start_us(),
-            // As the agent: the original is what cpu.max held at discovery, narrowed by Envoy's
-            // worker count; memory.high starts at `max` under the container's memory.max.
-            cpu_bounds: CpuBounds::new(&effective.cpu, model.cpu_max().millis())
-                .with_concurrency(trace.concurrency, effective.cpu.per_worker_min_millis),
             governed: effective.mode != Mode::Off,
             cpu_policy: effective.cpu,
-            memory_bounds: MemoryBounds::new(&policy.memory, Some(model.memory_max()), None),
             model,
-            cpu_state: CpuState::default(),
-            memory_state: MemoryState::default(),
-            prev_cpu: None,
-            prev_memory: None,
+            core: ProxyCore::new(mem),
+            record,
             report: ProxyReport::new(
                 &trace.name,
                 cpu_limit,
@@ -197,84 +207,67 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// One control tick at `at`, as the agent's loop does it: sample, observe against the
-    /// previous sample, decide, write.
-    fn tick(&mut self, at: Instant, policy: &Policy) {
+    /// Samples and plans at `at` through the agent's per-proxy core.
+    fn step(&mut self, at: Instant, policy: &Policy) -> (Option<CpuPlan>, Option<MemoryPlan>) {
         self.model.end_tick();
         if !self.governed {
-            return;
+            return (None, None);
         }
-
-        // CPU.
-        let sample = RawSample {
-            at,
-            cpu: self.model.cpu_stat(),
-            cpu_max: self.model.cpu_max(),
-            cpu_pressure: Some(self.model.cpu_pressure()),
+        let settings = Settings {
+            cpu: &self.cpu_policy,
+            memory: &policy.memory,
+            dry_run: false,
+            concurrency: self.trace.concurrency,
+            conflict_backoff: policy.cpu.conflict_backoff,
         };
-        let in_force = sample.cpu_max.millis().unwrap_or(self.cpu_bounds.ceiling);
-        let obs = self
-            .prev_cpu
-            .as_ref()
-            .and_then(|prev| cpu_observation(prev, &sample, in_force));
-        self.prev_cpu = Some(sample);
-        if let Some(obs) = obs
-            && let Some(d) =
-                decide_cpu(&mut self.cpu_state, &obs, self.cpu_bounds, &self.cpu_policy)
+        let mut io = ModelIo {
+            model: &mut self.model,
+            memory: policy.memory.enabled,
+            reclaimed: &mut self.report.memory.reclaimed_bytes,
+        };
+        let out = self.core.step(&mut io, &mut self.record, &settings, at);
+        (out.cpu, out.memory)
+    }
+
+    /// Stages and writes one CPU plan into the model, as the agent does.
+    fn apply_cpu(&mut self, plan: CpuPlan, policy: &Policy) {
+        let (direction, reason) = (plan.decision.direction, plan.decision.reason);
+        let write = self.core.stage_cpu(plan, None, None, &mut self.record);
+        let mut io = ModelIo {
+            model: &mut self.model,
+            memory: policy.memory.enabled,
+            reclaimed: &mut self.report.memory.reclaimed_bytes,
+        };
+        if self
+            .core
+            .apply_cpu(&mut io, &write, Some(&mut self.record))
+            .is_ok()
         {
-            let now_max = self.model.set_cpu_millis(d.quota_millis);
-            self.prev_cpu = Some(RawSample {
-                cpu_max: now_max,
-                ..sample
-            });
-            self.report.cpu.actions.record(d.direction, d.reason);
+            self.report.cpu.actions.record(direction, reason);
         }
+    }
 
-        // Memory.
-        if !policy.memory.enabled {
-            return;
-        }
-        let raw = MemoryRaw {
-            at,
-            current: self.model.memory_current(),
-            high: self.model.memory_high(),
-            events: self.model.memory_events(),
-            pressure: Some(self.model.memory_pressure()),
-        };
-        let deltas = self
-            .prev_memory
-            .as_ref()
-            .and_then(|prev| memory_deltas(prev, &raw));
-        self.prev_memory = Some(raw);
-        let Some((elapsed, events, pressure)) = deltas else {
-            return;
-        };
+    /// Stages and writes one memory plan into the model, as the agent does.
+    fn apply_memory(&mut self, plan: &MemoryPlan, at: Instant, policy: &Policy) {
+        self.core.stage_memory(plan, &mut self.record);
         let p = &policy.memory;
-        let stat = wants_stat(&self.memory_state, elapsed, raw.current, raw.high, p)
-            .then(|| self.model.memory_stat());
-        let obs = MemoryObservation {
-            elapsed,
-            current: raw.current,
-            high: raw.high,
-            pressure_some: pressure,
-            events,
-            stat,
+        let mut io = ModelIo {
+            model: &mut self.model,
+            memory: p.enabled,
+            reclaimed: &mut self.report.memory.reclaimed_bytes,
         };
-        let Some(d) = decide_memory(&mut self.memory_state, &obs, self.memory_bounds, p) else {
-            return;
-        };
-        match d.action {
-            MemoryAction::SetHigh(bytes) => {
-                let now_high = self.model.set_memory_high(bytes);
-                if let Some(prev) = self.prev_memory.as_mut() {
-                    prev.high = now_high;
-                }
-            }
-            MemoryAction::Reclaim(bytes) => {
-                self.report.memory.reclaimed_bytes += self.model.reclaim(bytes);
-            }
+        let applied = self.core.apply_memory(
+            &mut io,
+            plan,
+            Some(&mut self.record),
+            p.write_timeout,
+            p.timeout_backoff,
+            at,
+        );
+        if applied.is_ok() {
+            let d = &plan.decision;
+            self.report.memory.actions.record(d.direction, d.reason);
         }
-        self.report.memory.actions.record(d.direction, d.reason);
     }
 
     fn finish(mut self, policy_name: &str) -> (ProxyReport, Option<Series>) {
@@ -337,11 +330,41 @@ pub fn simulate(
     let interval_us = (policy.interval.as_micros() as u64).max(1);
     let base = Instant::now();
     let mut tick_us = 0u64;
+    let mut storms = StormDetector::default();
+    let mut push_storms = 0u64;
     while tick_us <= trace.end_us {
         let at = base + Duration::from_micros(tick_us);
-        for r in runners.iter_mut().filter(|r| r.trace.start_us() <= tick_us) {
+        let mut cpu_plans: Vec<(String, (usize, CpuPlan))> = Vec::new();
+        let mut memory_plans = Vec::new();
+        let mut governed = 0;
+        for (i, r) in runners.iter_mut().enumerate() {
+            if r.trace.start_us() > tick_us {
+                continue;
+            }
             r.advance(tick_us);
-            r.tick(at, policy);
+            governed += usize::from(r.governed);
+            let (cpu, memory) = r.step(at, policy);
+            if let Some(p) = cpu {
+                cpu_plans.push((r.trace.name.clone(), (i, p)));
+            }
+            if let Some(p) = memory {
+                memory_plans.push((i, p));
+            }
+        }
+        let state = storm::hold_back(
+            &mut storms,
+            at,
+            &mut cpu_plans,
+            |(_, p)| p.wants_growth(),
+            governed,
+            &policy.cpu.push_storm,
+        );
+        push_storms += u64::from(state == storm::Storm::Started);
+        for (_, (i, plan)) in cpu_plans {
+            runners[i].apply_cpu(plan, policy);
+        }
+        for (i, plan) in memory_plans {
+            runners[i].apply_memory(&plan, at, policy);
         }
         tick_us += interval_us;
     }
@@ -359,6 +382,7 @@ pub fn simulate(
         interval_seconds: policy.interval.as_secs_f64(),
         duration_seconds: trace.end_us as f64 / 1e6,
         memory_governed: policy.memory.enabled,
+        push_storms,
         proxies,
         total: Totals::default(),
     };

@@ -179,6 +179,8 @@ pub struct Report {
     pub duration_seconds: f64,
     /// Whether `memory.high` was governed (`memory.enabled`).
     pub memory_governed: bool,
+    /// Push storms recognised (ticks where growth of many proxies at once was held back).
+    pub push_storms: u64,
     pub proxies: Vec<ProxyReport>,
     pub total: Totals,
 }
@@ -262,7 +264,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "policy {} · trace {} · {} proxies · {:.0} s at {} s ticks{}",
+            "policy {} · trace {} · {} proxies · {:.0} s at {} s ticks{}{}",
             self.policy,
             self.trace,
             self.proxies.len(),
@@ -272,6 +274,10 @@ impl Report {
                 ""
             } else {
                 " · memory not governed"
+            },
+            match self.push_storms {
+                0 => String::new(),
+                n => format!(" · {n} push storm(s): growth held back"),
             }
         );
         let _ = writeln!(
@@ -374,6 +380,7 @@ mod tests {
             interval_seconds: 1.0,
             duration_seconds: 10.0,
             memory_governed: true,
+            push_storms: 0,
             proxies: vec![a, b],
             total: Totals::default(),
         };
@@ -412,6 +419,7 @@ mod tests {
             interval_seconds: 1.0,
             duration_seconds: 0.0,
             memory_governed: true,
+            push_storms: 0,
             proxies: vec![ProxyReport::new("a", 100, 100, true)],
             total: Totals::default(),
         };

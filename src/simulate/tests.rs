@@ -276,3 +276,35 @@ fn the_example_traces_and_policies_run() {
         }
     }
 }
+
+#[test]
+fn a_push_storm_holds_growth_back_as_in_the_agent() {
+    // Ten proxies idle for two minutes (down at the floor), then all hot in the same second:
+    // the agent's push-storm rule holds their growth back for its grace period.
+    let mut text = String::from("time,proxy,cpu_millicores,memory_bytes,unreclaimable_bytes\n");
+    for t in 0..=180u64 {
+        for i in 0..10 {
+            let cpu = if t >= 120 { 1500.0 } else { 5.0 };
+            text.push_str(&format!("{t},p{i},{cpu},{},{}\n", 60 * MI, 40 * MI));
+        }
+    }
+    let r = run(&text, &policy());
+    assert_eq!(r.push_storms, 1, "one storm recognised");
+    // A single proxy with the same load grows at once.
+    let alone = run(
+        &per_second("p0", 180, |t| {
+            (if t >= 120 { 1500.0 } else { 5.0 }, 60 * MI, 40 * MI)
+        }),
+        &policy(),
+    );
+    assert_eq!(alone.push_storms, 0);
+    let grace = policy().cpu.push_storm.grace.as_secs_f64();
+    let (stormy, single) = (&r.proxies[0].cpu, &alone.proxies[0].cpu);
+    assert!(
+        stormy.throttled_core_seconds > single.throttled_core_seconds + 0.5 * grace,
+        "held back: {} vs {} core-seconds throttled",
+        stormy.throttled_core_seconds,
+        single.throttled_core_seconds
+    );
+    assert!(stormy.actions.up > 0, "grows once the grace period is over");
+}

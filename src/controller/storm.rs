@@ -2,7 +2,8 @@
 //! ticks, it is an xDS config push hitting every sidecar at once, not a lasting need. The
 //! loop then holds growth back for a grace period (burst absorbs the spike); proxies still
 //! hot afterwards grow as usual, and a cool-down keeps the same hot proxies from being
-//! mistaken for a new storm.
+//! mistaken for a new storm. [`hold_back`] applies it to one tick's plans; the agent's loop
+//! and the simulator both call it.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -61,6 +62,29 @@ impl StormDetector {
         }
         Storm::Calm
     }
+}
+
+/// Observes one tick's plans of `governed` proxies (keyed) of which `wants_growth` tells
+/// those growing for their load, and drops that growth while a push storm holds it back.
+/// Returns what this tick is, storm-wise.
+pub fn hold_back<T>(
+    detector: &mut StormDetector,
+    now: Instant,
+    plans: &mut Vec<(String, T)>,
+    wants_growth: impl Fn(&T) -> bool,
+    governed: usize,
+    p: &PushStormPolicy,
+) -> Storm {
+    let wanting: Vec<&str> = plans
+        .iter()
+        .filter(|(_, plan)| wants_growth(plan))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    let storm = detector.observe(now, &wanting, governed, p);
+    if storm != Storm::Calm {
+        plans.retain(|(_, plan)| !wants_growth(plan));
+    }
+    storm
 }
 
 #[cfg(test)]
