@@ -437,11 +437,11 @@ mod tests {
             cpu_max.confirm(cpu(w));
         }
         ContainerRecord {
-            pod_uid: "1234-abcd".into(),
-            container_id: "0123456789abcdef0123".into(),
-            namespace: String::new(),
-            pod: String::new(),
-            container: String::new(),
+            id: crate::identity::Identity {
+                pod_uid: "1234-abcd".into(),
+                container_id: "0123456789abcdef0123".into(),
+                ..Default::default()
+            },
             cpu_max,
             cpu_max_burst: None,
             memory_high: None,

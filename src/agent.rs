@@ -22,14 +22,13 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::actuator::{self, RestoreReport};
-use crate::cgroup::CpuMax;
 use crate::controller::Reason;
 use crate::controller::storm::{self, StormDetector};
 use crate::discovery::{Discovery, Proxy};
 use crate::events::{EventReason, EventSink, NoEvents, PodEvent};
 use crate::journal::{Journal, JournalError};
-use crate::metrics::{ErrorKind, ProxyLabels};
-use crate::ownership::{ContainerRecord, CpuMaxValue, Limit, Owned};
+use crate::metrics::ErrorKind;
+use crate::ownership::{ContainerRecord, Owned};
 use crate::policy::{Mode, Policy};
 use crate::proxy::{CgroupIo, CpuPlan, CpuWrite, MemoryPlan, ProxyCore, Settings, StepOutcome};
 use crate::quantity::format_cpu_millis;
@@ -51,7 +50,6 @@ pub enum Command {
 #[derive(Debug)]
 struct Governed {
     proxy: Proxy,
-    labels: ProxyLabels,
     files: ProxyFiles,
     /// `None` when memory is not governed or the cgroup has no memory controller files.
     mem_files: Option<MemoryFiles>,
@@ -107,37 +105,6 @@ pub struct Agent {
 /// `Discovery` plus `Debug`, so the agent can derive `Debug`.
 pub trait DiscoveryDebug: Discovery + std::fmt::Debug {}
 impl<T: Discovery + std::fmt::Debug> DiscoveryDebug for T {}
-
-fn labels_of(p: &Proxy) -> ProxyLabels {
-    ProxyLabels {
-        namespace: p.namespace.clone(),
-        pod: p.pod.clone(),
-        container: p.container.clone(),
-        pod_uid: p.pod_uid.clone(),
-        container_id: p.container_id.clone(),
-    }
-}
-
-/// A fresh, untouched record of what a container holds now.
-fn untouched_record(
-    proxy: &Proxy,
-    cpu_max: CpuMax,
-    burst: Option<u64>,
-    memory_high: Option<Option<u64>>,
-) -> ContainerRecord {
-    ContainerRecord {
-        pod_uid: proxy.pod_uid.clone(),
-        container_id: proxy.container_id.clone(),
-        namespace: proxy.namespace.clone(),
-        pod: proxy.pod.clone(),
-        container: proxy.container.clone(),
-        cpu_max: Owned::new(CpuMaxValue(cpu_max)),
-        cpu_max_burst: burst.map(|b| Owned::new(Limit(Some(b)))),
-        memory_high: memory_high.map(|h| Owned::new(Limit(h))),
-        pod_hold: None,
-        recorded_at: now_unix(),
-    }
-}
 
 impl Agent {
     /// An agent over `cgroup_root` with its journal already loaded (the caller holds the
@@ -370,17 +337,17 @@ impl Agent {
         let policy = &self.policy;
         let found: Vec<(Proxy, Mode)> = found
             .into_iter()
-            .filter(|p| p.namespace.is_empty() || !excluded.contains(&p.namespace))
+            .filter(|p| p.id.namespace.is_empty() || !excluded.contains(&p.id.namespace))
             .map(|p| {
-                let mode = policy.effective(&p.namespace, &p.control).mode;
+                let mode = policy.effective(&p.id.namespace, &p.control).mode;
                 (p, mode)
             })
             .filter(|(p, mode)| {
                 if *mode == Mode::Off {
                     debug!(
                         cgroup = p.key,
-                        namespace = p.namespace,
-                        pod = p.pod,
+                        namespace = p.id.namespace,
+                        pod = p.id.pod,
                         "mode off; not governed"
                     );
                 }
@@ -404,8 +371,8 @@ impl Agent {
                     if g.mode != mode {
                         info!(
                             cgroup = proxy.key,
-                            namespace = proxy.namespace,
-                            pod = proxy.pod,
+                            namespace = proxy.id.namespace,
+                            pod = proxy.id.pod,
                             from = g.mode.as_str(),
                             to = mode.as_str(),
                             "proxy mode changed"
@@ -415,17 +382,8 @@ impl Agent {
                     }
                     // Names learnt later (CRI back after a procfs fallback) or new settings.
                     let p = &g.proxy;
-                    if (&p.namespace, &p.pod, &p.container, &p.pod_uid, &p.control)
-                        != (
-                            &proxy.namespace,
-                            &proxy.pod,
-                            &proxy.container,
-                            &proxy.pod_uid,
-                            &proxy.control,
-                        )
-                    {
-                        self.shared.metrics.forget(&g.labels);
-                        g.labels = labels_of(&proxy);
+                    if (&p.id, &p.control) != (&proxy.id, &proxy.control) {
+                        self.shared.metrics.forget(&g.proxy.id);
                         g.proxy = proxy;
                     }
                 }
@@ -477,18 +435,24 @@ impl Agent {
         let record = match self.journal.container(&proxy.key) {
             Some(r) => r.clone(),
             None => {
-                let r = untouched_record(&proxy, first.cpu_max, burst, memory_high);
+                let r = ContainerRecord::untouched(
+                    proxy.id.clone(),
+                    first.cpu_max,
+                    burst,
+                    memory_high,
+                    now_unix(),
+                );
                 self.journal.insert_container(&proxy.key, r.clone());
                 r
             }
         };
         info!(
             cgroup = proxy.key,
-            pod_uid = proxy.pod_uid,
-            container_id = proxy.container_id,
-            namespace = proxy.namespace,
-            pod = proxy.pod,
-            container = proxy.container,
+            pod_uid = proxy.id.pod_uid,
+            container_id = proxy.id.container_id,
+            namespace = proxy.id.namespace,
+            pod = proxy.id.pod,
+            container = proxy.id.container,
             pid = proxy.pid,
             cpu_max = %first.cpu_max,
             original = %record.cpu_max.original.0,
@@ -498,8 +462,8 @@ impl Agent {
         );
         for problem in &proxy.control_errors {
             warn!(
-                namespace = proxy.namespace,
-                pod = proxy.pod,
+                namespace = proxy.id.namespace,
+                pod = proxy.id.pod,
                 error = problem.as_str(),
                 "bad pod annotation; the pod is left at the policy's settings"
             );
@@ -517,7 +481,6 @@ impl Agent {
         self.governed.insert(
             key.clone(),
             Governed {
-                labels: labels_of(&proxy),
                 files,
                 mem_files,
                 core: ProxyCore::new(mem_core),
@@ -546,11 +509,11 @@ impl Agent {
         );
         self.shared.metrics.conflicts.inc();
         self.events.emit(PodEvent::about(
-            &g.proxy,
+            &g.proxy.id,
             EventReason::Conflict,
             format!(
                 "{what} of container {} changed by someone else: adopted as the original; backing off",
-                g.proxy.container
+                g.proxy.id.container
             ),
         ));
     }
@@ -562,7 +525,7 @@ impl Agent {
         let Some(g) = self.governed.remove(key) else {
             return;
         };
-        self.shared.metrics.forget(&g.labels);
+        self.shared.metrics.forget(&g.proxy.id);
         if release {
             info!(cgroup = key, "proxy no longer found; releasing");
         } else {
@@ -641,13 +604,11 @@ impl Agent {
                     .metrics
                     .action("memory", "restore", reason.as_str());
             }
-            self.events.emit(PodEvent {
-                namespace: r.namespace.clone(),
-                pod: r.pod.clone(),
-                pod_uid: r.pod_uid.clone(),
-                reason: EventReason::Restored,
-                message: format!("Original limits put back ({})", reason.as_str()),
-            });
+            self.events.emit(PodEvent::about(
+                &r.id,
+                EventReason::Restored,
+                format!("Original limits put back ({})", reason.as_str()),
+            ));
         }
         for (_, e) in &report.failed {
             self.shared.metrics.error(e.kind());
@@ -679,7 +640,9 @@ impl Agent {
             return StepOutcome::default();
         };
         // The proxy's own dry run and bounds (namespace override, pod annotations).
-        let effective = self.policy.effective(&g.proxy.namespace, &g.proxy.control);
+        let effective = self
+            .policy
+            .effective(&g.proxy.id.namespace, &g.proxy.control);
         let settings = Settings {
             cpu: &effective.cpu,
             memory: &self.policy.memory,
@@ -796,15 +759,16 @@ impl Agent {
         };
         let (direction, reason) = (p.decision.direction.as_str(), p.decision.reason.as_str());
         self.shared.metrics.action("cpu", direction, reason);
-        if let Some((event, message)) = p.event(&g.proxy.container) {
-            self.events.emit(PodEvent::about(&g.proxy, event, message));
+        if let Some((event, message)) = p.event(&g.proxy.id.container) {
+            self.events
+                .emit(PodEvent::about(&g.proxy.id, event, message));
         }
         info!(
             cgroup = key,
-            pod_uid = g.proxy.pod_uid,
-            namespace = g.proxy.namespace,
-            pod = g.proxy.pod,
-            container = g.proxy.container,
+            pod_uid = g.proxy.id.pod_uid,
+            namespace = g.proxy.id.namespace,
+            pod = g.proxy.id.pod,
+            container = g.proxy.id.container,
             direction,
             reason,
             from = format_cpu_millis(p.from),
@@ -829,20 +793,20 @@ impl Agent {
                 let original = record.and_then(|r| r.cpu_max.original.0.millis());
                 if let Some(q) = g.core.shown_quota(dry_run) {
                     m.cpu_quota_millicores
-                        .get_or_create(&g.labels)
+                        .get_or_create(&g.proxy.id)
                         .set(q as f64);
                 }
                 if let Some(o) = original {
                     m.cpu_original_millicores
-                        .get_or_create(&g.labels)
+                        .get_or_create(&g.proxy.id)
                         .set(o as f64);
                 }
                 if let Some(o) = g.core.last_obs() {
                     m.cpu_usage_millicores
-                        .get_or_create(&g.labels)
+                        .get_or_create(&g.proxy.id)
                         .set(o.usage_millis);
                     m.cpu_throttled_ratio
-                        .get_or_create(&g.labels)
+                        .get_or_create(&g.proxy.id)
                         .set(o.throttled_ratio);
                 }
                 if let Some(mm) = g.core.memory()
@@ -850,16 +814,16 @@ impl Agent {
                 {
                     let high = mm.shown_high(dry_run);
                     m.memory_high_bytes
-                        .get_or_create(&g.labels)
+                        .get_or_create(&g.proxy.id)
                         .set(high.map_or(f64::INFINITY, |h| h as f64));
                     m.memory_usage_bytes
-                        .get_or_create(&g.labels)
+                        .get_or_create(&g.proxy.id)
                         .set(r.current as f64);
                     m.memory_max_bytes
-                        .get_or_create(&g.labels)
+                        .get_or_create(&g.proxy.id)
                         .set(mm.limit.map_or(f64::INFINITY, |l| l as f64));
                     if let Some(pr) = r.pressure {
-                        m.memory_pressure_ratio.get_or_create(&g.labels).set(pr);
+                        m.memory_pressure_ratio.get_or_create(&g.proxy.id).set(pr);
                     }
                 }
                 if i == views.len() {
@@ -867,11 +831,11 @@ impl Agent {
                 }
                 let v = &mut views[i];
                 v.key.clone_from(&g.proxy.key);
-                v.namespace.clone_from(&g.proxy.namespace);
-                v.pod.clone_from(&g.proxy.pod);
-                v.container.clone_from(&g.proxy.container);
-                v.pod_uid.clone_from(&g.proxy.pod_uid);
-                v.container_id.clone_from(&g.proxy.container_id);
+                v.namespace.clone_from(&g.proxy.id.namespace);
+                v.pod.clone_from(&g.proxy.id.pod);
+                v.container.clone_from(&g.proxy.id.container);
+                v.pod_uid.clone_from(&g.proxy.id.pod_uid);
+                v.container_id.clone_from(&g.proxy.id.container_id);
                 v.process.clone_from(&g.proxy.process);
                 v.pid = g.proxy.pid;
                 g.core.fill_view(v, dry_run, original);
@@ -917,7 +881,7 @@ impl Agent {
             self.shared.metrics.error(ErrorKind::Journal);
         }
         for g in self.governed.values() {
-            self.shared.metrics.forget(&g.labels);
+            self.shared.metrics.forget(&g.proxy.id);
         }
         self.governed.clear();
         Shutdown {

@@ -74,12 +74,12 @@ pub struct PodEvent {
 }
 
 impl PodEvent {
-    /// An Event about the pod of `proxy`.
-    pub fn about(proxy: &crate::discovery::Proxy, reason: EventReason, message: String) -> Self {
+    /// An Event about the pod of the container `id`.
+    pub fn about(id: &crate::identity::Identity, reason: EventReason, message: String) -> Self {
         PodEvent {
-            namespace: proxy.namespace.clone(),
-            pod: proxy.pod.clone(),
-            pod_uid: proxy.pod_uid.clone(),
+            namespace: id.namespace.clone(),
+            pod: id.pod.clone(),
+            pod_uid: id.pod_uid.clone(),
             reason,
             message,
         }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cgroup::parse::{parse_cpu_max, parse_u64_or_max};
+use crate::identity::Identity;
 use crate::ownership::{ContainerRecord, CpuMaxValue, Limit, Owned, PodRecord};
 
 const FILE_NAME: &str = "journal.json";
@@ -285,11 +286,13 @@ fn migrate_v1(disk: OnDiskV1) -> Result<Records, (String, String)> {
         containers.insert(
             key,
             ContainerRecord {
-                pod_uid: e.pod_uid,
-                container_id: e.container_id,
-                namespace: e.namespace,
-                pod: e.pod,
-                container: e.container,
+                id: Identity {
+                    pod_uid: e.pod_uid,
+                    container_id: e.container_id,
+                    namespace: e.namespace,
+                    pod: e.pod,
+                    container: e.container,
+                },
                 cpu_max: Owned::legacy(CpuMaxValue(cpu)),
                 cpu_max_burst,
                 memory_high,
@@ -486,11 +489,11 @@ mod tests {
 
     fn record(cpu: &str) -> ContainerRecord {
         ContainerRecord {
-            pod_uid: "uid".into(),
-            container_id: "abc".into(),
-            namespace: String::new(),
-            pod: String::new(),
-            container: String::new(),
+            id: crate::identity::Identity {
+                pod_uid: "uid".into(),
+                container_id: "abc".into(),
+                ..Default::default()
+            },
             cpu_max: Owned::new(CpuMaxValue(parse_cpu_max(cpu).unwrap())),
             cpu_max_burst: None,
             memory_high: None,

@@ -15,6 +15,7 @@ pub mod controller;
 pub mod cri;
 pub mod discovery;
 pub mod events;
+pub mod identity;
 pub mod journal;
 pub mod metrics;
 pub mod ownership;

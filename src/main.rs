@@ -589,17 +589,17 @@ fn discover(
                 }
             };
             for r in &rows {
-                let pod = if r.proxy.pod.is_empty() {
-                    &r.proxy.pod_uid
+                let pod = if r.proxy.id.pod.is_empty() {
+                    &r.proxy.id.pod_uid
                 } else {
-                    &r.proxy.pod
+                    &r.proxy.id.pod
                 };
                 println!(
                     "{:<16} {:<38} {:<14} {:<13} {:<8} {:<7} {:>8} {:>8}  {}",
-                    or_dash(&r.proxy.namespace),
+                    or_dash(&r.proxy.id.namespace),
                     pod,
-                    or_dash(&r.proxy.container),
-                    &r.proxy.container_id[..r.proxy.container_id.len().min(12)],
+                    or_dash(&r.proxy.id.container),
+                    &r.proxy.id.container_id[..r.proxy.id.container_id.len().min(12)],
                     r.proxy.process,
                     r.proxy.pid,
                     r.cpu_quota_millis

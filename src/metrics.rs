@@ -11,15 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-/// Labels of every per-proxy series.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProxyLabels {
-    pub namespace: String,
-    pub pod: String,
-    pub container: String,
-    pub pod_uid: String,
-    pub container_id: String,
-}
+/// Labels of every per-proxy series: the proxy's identity.
+pub type ProxyLabels = crate::identity::Identity;
 
 /// Labels of `actions_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::cgroup::CpuMax;
 use crate::cgroup::parse::{parse_cpu_max, parse_u64_or_max};
+use crate::identity::Identity;
 
 /// A byte count or `max` (`memory.high`), or a burst in microseconds (`cpu.max.burst`).
 /// Serialised as the kernel prints it: a decimal integer or `"max"`.
@@ -201,32 +202,113 @@ impl<T: Copy + PartialEq> Owned<T> {
 }
 
 /// The owned files of one container.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ContainerRecord {
-    pub pod_uid: String,
-    pub container_id: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub namespace: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub pod: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub container: String,
+    /// Who the container is (names kept for the Events of a later run, and for operators).
+    pub id: Identity,
     pub cpu_max: Owned<CpuMaxValue>,
     /// `None` when the kernel has no `cpu.max.burst` (before 5.14).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_max_burst: Option<Owned<Limit>>,
     /// `None` when the cgroup has no memory controller files.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_high: Option<Owned<Limit>>,
     /// The pod cgroup whose `cpu.max` this container holds raised (`cpu.allowAboveLimit`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_hold: Option<String>,
     /// Seconds since the epoch when first recorded.
     pub recorded_at: u64,
 }
 
+/// A container record as the journal stores it: the identity's fields flat beside the owned
+/// values (journal v2), unknown keys refused. Borrowed to write, owned to read.
+#[derive(Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    bound(
+        serialize = "S: Serialize + AsRef<str>, C: Serialize, L: Serialize",
+        deserialize = "S: Deserialize<'de> + Default, C: Deserialize<'de>, L: Deserialize<'de>"
+    )
+)]
+struct RecordWire<S, C, L> {
+    pod_uid: S,
+    container_id: S,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    namespace: S,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    pod: S,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    container: S,
+    cpu_max: C,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cpu_max_burst: Option<L>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    memory_high: Option<L>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pod_hold: Option<S>,
+    recorded_at: u64,
+}
+
+fn is_empty<S: AsRef<str>>(s: &S) -> bool {
+    s.as_ref().is_empty()
+}
+
+impl Serialize for ContainerRecord {
+    fn serialize<Z: Serializer>(&self, z: Z) -> Result<Z::Ok, Z::Error> {
+        let id = &self.id;
+        RecordWire {
+            pod_uid: id.pod_uid.as_str(),
+            container_id: id.container_id.as_str(),
+            namespace: id.namespace.as_str(),
+            pod: id.pod.as_str(),
+            container: id.container.as_str(),
+            cpu_max: &self.cpu_max,
+            cpu_max_burst: self.cpu_max_burst.as_ref(),
+            memory_high: self.memory_high.as_ref(),
+            pod_hold: self.pod_hold.as_deref(),
+            recorded_at: self.recorded_at,
+        }
+        .serialize(z)
+    }
+}
+
+impl<'de> Deserialize<'de> for ContainerRecord {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = RecordWire::<String, Owned<CpuMaxValue>, Owned<Limit>>::deserialize(d)?;
+        Ok(ContainerRecord {
+            id: Identity {
+                namespace: w.namespace,
+                pod: w.pod,
+                container: w.container,
+                pod_uid: w.pod_uid,
+                container_id: w.container_id,
+            },
+            cpu_max: w.cpu_max,
+            cpu_max_burst: w.cpu_max_burst,
+            memory_high: w.memory_high,
+            pod_hold: w.pod_hold,
+            recorded_at: w.recorded_at,
+        })
+    }
+}
+
 impl ContainerRecord {
+    /// A record of what a container holds when first found: nothing of the agent's.
+    pub fn untouched(
+        id: Identity,
+        cpu_max: CpuMax,
+        burst: Option<u64>,
+        memory_high: Option<Option<u64>>,
+        recorded_at: u64,
+    ) -> ContainerRecord {
+        ContainerRecord {
+            id,
+            cpu_max: Owned::new(CpuMaxValue(cpu_max)),
+            cpu_max_burst: burst.map(|b| Owned::new(Limit(Some(b)))),
+            memory_high: memory_high.map(|h| Owned::new(Limit(h))),
+            pod_hold: None,
+            recorded_at,
+        }
+    }
+
     /// True when any of the container's files may hold a value the agent wrote.
     pub fn touched(&self) -> bool {
         self.cpu_max.touched()
@@ -246,7 +328,7 @@ impl ContainerRecord {
     /// Returns the files someone else changed.
     pub fn reconcile_found(
         &mut self,
-        cpu_max: crate::cgroup::CpuMax,
+        cpu_max: CpuMax,
         burst: Option<u64>,
         memory_high: Option<Option<u64>>,
     ) -> Vec<&'static str> {

@@ -612,11 +612,15 @@ fn fast_discovery_finds_sidecars_by_name_and_process() {
     assert_eq!(keys, vec![s1.rel.as_str(), s3.rel.as_str()], "{found:#?}");
     let p = &found[0];
     assert_eq!(
-        (p.namespace.as_str(), p.pod.as_str(), p.container.as_str()),
+        (
+            p.id.namespace.as_str(),
+            p.id.pod.as_str(),
+            p.id.container.as_str()
+        ),
         ("shop", "cart-1", "istio-proxy")
     );
-    assert_eq!(p.pod_uid, s1.pod_uid);
-    assert_eq!(p.container_id, s1.id);
+    assert_eq!(p.id.pod_uid, s1.pod_uid);
+    assert_eq!(p.id.container_id, s1.id);
     assert_eq!((p.process.as_str(), p.pid), ("envoy", 50_001));
     assert_eq!(p.concurrency, Some(2));
     assert_eq!(p.control.mode, Some(Mode::DryRun));
@@ -645,7 +649,7 @@ fn fast_discovery_finds_sidecars_by_name_and_process() {
     assert!(
         found
             .iter()
-            .any(|p| p.key == g2.rel && p.namespace == "istio-system"),
+            .any(|p| p.key == g2.rel && p.id.namespace == "istio-system"),
         "{found:#?}"
     );
     assert_eq!(found.len(), 3);
@@ -808,7 +812,7 @@ fn fast_auto_falls_back_to_procfs_and_returns_to_cri() {
     );
     let found = auto.discover(&rules()).unwrap();
     assert_eq!(auto.source(), Source::Cri);
-    assert_eq!(found[0].pod, "cart-1");
+    assert_eq!(found[0].id.pod, "cart-1");
 
     fake.stop();
     assert!(auto.changed(), "the runtime went");
@@ -816,14 +820,14 @@ fn fast_auto_falls_back_to_procfs_and_returns_to_cri() {
     assert_eq!(auto.source(), Source::Procfs);
     assert_eq!(found.len(), 1);
     // names and per-pod settings learnt from CRI are kept for a container still there
-    assert_eq!(found[0].pod, "cart-1");
+    assert_eq!(found[0].id.pod, "cart-1");
     assert_eq!(found[0].control.mode, Some(Mode::DryRun));
     // a proxy started meanwhile is found by its process alone
     let s2 = sidecar(&mut node, 2, 2);
     let found = auto.discover(&rules()).unwrap();
     let new = found.iter().find(|p| p.key == s2.rel).unwrap();
-    assert_eq!(new.pod, "");
-    assert_eq!(new.pod_uid, s2.pod_uid);
+    assert_eq!(new.id.pod, "");
+    assert_eq!(new.id.pod_uid, s2.pod_uid);
 
     fake.restart();
     let p2 = add_pod(&fake, 2, "shop", "cart-2", &[]);
@@ -832,7 +836,7 @@ fn fast_auto_falls_back_to_procfs_and_returns_to_cri() {
     let found = auto.discover(&rules()).unwrap();
     assert_eq!(auto.source(), Source::Cri);
     let new = found.iter().find(|p| p.key == s2.rel).unwrap();
-    assert_eq!(new.pod, "cart-2");
+    assert_eq!(new.id.pod, "cart-2");
 }
 
 /// The agent over CRI discovery: names in the metrics, a new proxy governed at the next tick,

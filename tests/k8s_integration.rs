@@ -144,9 +144,9 @@ impl Discovery for Named {
     fn discover(&mut self, rules: &MatchPolicy) -> Result<Vec<Proxy>, DiscoveryError> {
         let mut found = self.0.discover(rules)?;
         for p in &mut found {
-            p.namespace = "shop".into();
-            p.pod = "cart-0".into();
-            p.container = "istio-proxy".into();
+            p.id.namespace = "shop".into();
+            p.id.pod = "cart-0".into();
+            p.id.container = "istio-proxy".into();
         }
         Ok(found)
     }

@@ -101,9 +101,9 @@ impl Agent {
         };
         info!(
             cgroup = key,
-            namespace = g.proxy.namespace,
-            pod = g.proxy.pod,
-            container = g.proxy.container,
+            namespace = g.proxy.id.namespace,
+            pod = g.proxy.id.pod,
+            container = g.proxy.id.container,
             direction,
             reason,
             from = plan.from,

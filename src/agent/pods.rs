@@ -99,7 +99,7 @@ impl Agent {
                     if !told {
                         told = true;
                         self.events.emit(PodEvent::about(
-                            &g.proxy,
+                            &g.proxy.id,
                             EventReason::Conflict,
                             format!(
                                 "the pod's cpu.max changed by someone else (found {}): adopted as its original; backing off",

@@ -15,16 +15,13 @@ use tracing::{debug, info, warn};
 use super::cri::CriDiscovery;
 use super::procfs::ProcfsDiscovery;
 use super::{Discovery, DiscoveryError, Proxy, Source};
+use crate::identity::Identity;
 use crate::policy::{MatchPolicy, PodControl};
 
 /// What CRI said about a container, kept for the fallback.
 #[derive(Debug, Clone)]
 struct Known {
-    namespace: String,
-    pod: String,
-    container: String,
-    pod_uid: String,
-    container_id: String,
+    id: Identity,
     control: PodControl,
     control_errors: Vec<String>,
     started_at_ms: Option<u64>,
@@ -33,11 +30,7 @@ struct Known {
 impl Known {
     fn of(p: &Proxy) -> Known {
         Known {
-            namespace: p.namespace.clone(),
-            pod: p.pod.clone(),
-            container: p.container.clone(),
-            pod_uid: p.pod_uid.clone(),
-            container_id: p.container_id.clone(),
+            id: p.id.clone(),
             control: p.control,
             control_errors: p.control_errors.clone(),
             started_at_ms: p.started_at_ms,
@@ -45,11 +38,7 @@ impl Known {
     }
 
     fn apply(&self, p: &mut Proxy) {
-        p.namespace = self.namespace.clone();
-        p.pod = self.pod.clone();
-        p.container = self.container.clone();
-        p.pod_uid = self.pod_uid.clone();
-        p.container_id = self.container_id.clone();
+        p.id = self.id.clone();
         p.control = self.control;
         p.control_errors = self.control_errors.clone();
         p.started_at_ms = self.started_at_ms;

@@ -439,14 +439,14 @@ impl Discovery for CriDiscovery {
                     ),
                     None => (PodControl::default(), Vec::new()),
                 };
-            proxy.namespace = who.namespace;
-            proxy.pod = who.pod;
-            proxy.container = who.container;
+            proxy.id.namespace = who.namespace;
+            proxy.id.pod = who.pod;
+            proxy.id.container = who.container;
             if !who.pod_uid.is_empty() {
-                proxy.pod_uid = who.pod_uid;
+                proxy.id.pod_uid = who.pod_uid;
             }
             // The runtime's ID is the full one; the cgroup name may be the same or a prefix.
-            proxy.container_id = c.id.clone();
+            proxy.id.container_id = c.id.clone();
             proxy.control = control;
             proxy.control_errors = control_errors;
             proxy.started_at_ms = cached.started_at_ms;

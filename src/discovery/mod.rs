@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 pub use cgroup_path::Layout;
 
+use crate::identity::Identity;
 use crate::policy::{MatchPolicy, PodControl};
 
 /// One proxy container, as found.
@@ -24,13 +25,10 @@ pub struct Proxy {
     pub dir: PathBuf,
     /// The pod cgroup directory (the container's parent).
     pub pod_dir: PathBuf,
-    pub pod_uid: String,
-    pub container_id: String,
+    /// Namespace, pod, container (empty when the source does not know them: procfs), pod
+    /// UID and container ID.
+    pub id: Identity,
     pub layout: Layout,
-    /// Kubernetes names; empty when the source does not know them (procfs).
-    pub namespace: String,
-    pub pod: String,
-    pub container: String,
     /// The proxy process found (its comm) and its PID.
     pub process: String,
     pub pid: u32,

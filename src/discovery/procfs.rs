@@ -13,6 +13,7 @@ use super::cgroup_path::{
     climb_depth, join_ns_path, parse_container_path, parse_proc_cgroup, resolve_proc_path,
 };
 use super::{Discovery, DiscoveryError, Proxy, Source, concurrency_from_args, is_gateway_args};
+use crate::identity::Identity;
 use crate::policy::{MatchPolicy, PodControl};
 
 /// What [`ProcfsDiscovery::examine`] found at one PID.
@@ -186,12 +187,12 @@ impl ProcfsDiscovery {
             dir: self.cgroup_root.join(&path.container_rel),
             pod_dir: self.cgroup_root.join(&path.pod_rel),
             key: path.container_rel,
-            pod_uid: path.pod_uid,
-            container_id: path.container_id,
+            id: Identity {
+                pod_uid: path.pod_uid,
+                container_id: path.container_id,
+                ..Identity::default()
+            },
             layout: path.layout,
-            namespace: String::new(),
-            pod: String::new(),
-            container: String::new(),
             process: comm.to_string(),
             pid: pid.parse().unwrap_or_default(),
             concurrency: concurrency_from_args(args.iter().map(String::as_str)),

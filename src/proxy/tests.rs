@@ -123,11 +123,13 @@ impl Proxy {
             _ => None,
         };
         let record = ContainerRecord {
-            pod_uid: "uid".into(),
-            container_id: "cid".into(),
-            namespace: "ns".into(),
-            pod: "pod".into(),
-            container: "istio-proxy".into(),
+            id: crate::identity::Identity {
+                namespace: "ns".into(),
+                pod: "pod".into(),
+                container: "istio-proxy".into(),
+                pod_uid: "uid".into(),
+                container_id: "cid".into(),
+            },
             cpu_max: Owned::new(CpuMaxValue(fake.model.cpu_max())),
             cpu_max_burst: None,
             memory_high: mem.as_ref().map(|m| Owned::new(Limit(m.found_high))),

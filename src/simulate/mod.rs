@@ -28,7 +28,8 @@ pub mod trace;
 use std::time::{Duration, Instant};
 
 use crate::controller::storm::{self, StormDetector};
-use crate::ownership::{ContainerRecord, CpuMaxValue, Limit, Owned};
+use crate::identity::Identity;
+use crate::ownership::ContainerRecord;
 use crate::policy::{CpuPolicy, Mode, PodControl, Policy};
 use crate::proxy::{CpuPlan, MemoryCore, MemoryPlan, ProxyCore, ProxyIo, Settings};
 
@@ -126,18 +127,13 @@ impl<'a> Runner<'a> {
             (Some(Ok(first)), Ok(limit)) => Some(MemoryCore::new(&first, limit)),
             _ => None,
         };
-        let record = ContainerRecord {
-            pod_uid: String::new(),
-            container_id: String::new(),
+        let id = Identity {
             namespace: namespace.to_string(),
             pod: trace.name.clone(),
-            container: String::new(),
-            cpu_max: Owned::new(CpuMaxValue(model.cpu_max())),
-            cpu_max_burst: None,
-            memory_high: mem.as_ref().map(|m| Owned::new(Limit(m.found_high))),
-            pod_hold: None,
-            recorded_at: 0,
+            ..Identity::default()
         };
+        let found_high = mem.as_ref().map(|m| m.found_high);
+        let record = ContainerRecord::untouched(id, model.cpu_max(), None, found_high, 0);
         Runner {
             trace,
             cursor: 0,
