@@ -120,6 +120,7 @@ fn agent_run(node: &common::Node, policy: &Path, ticks: u64) -> Run {
         .arg("--state-dir")
         .arg(&node.state)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", "127.0.0.1:0"])
         .env("SG_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -1,6 +1,9 @@
 //! A tiny stand-in for kubelet's CRI calls, used by the `cri` VM scenario
 //! (`scripts/vm/scenarios/cri.sh`) where no `crictl` exists (Debian bookworm has no cri-tools).
-//! It speaks to the runtime with the crate's own generated `runtime.v1` client and creates pods
+//! It reads through the crate's CRI client (which makes read calls only) and makes the lifecycle
+//! calls (`RunPodSandbox`, `CreateContainer`, `StartContainer`, `StopContainer`,
+//! `RemoveContainer`, `StopPodSandbox`, `RemovePodSandbox`) with its own [`Lifecycle`] client
+//! below: they are test tooling, never part of the agent. It creates pods
 //! the way kubelet does with the cgroupfs driver: a host-network sandbox with
 //! `cgroup_parent = /kubepods/<qos>/pod<uid>`, kubelet's labels on sandbox and containers,
 //! containers with CPU limits as `cpu_quota`/`cpu_period`.
@@ -21,6 +24,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -28,11 +32,133 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use sidecar_governor::cri::client::{CriClient, CriTarget};
 use sidecar_governor::cri::proto::{
-    Capability, ContainerConfig, ContainerMetadata, ImageSpec, Int64Value, KeyValue,
-    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, SecurityProfile,
+    Capability, ContainerConfig, ContainerMetadata, CreateContainerRequest,
+    CreateContainerResponse, ImageSpec, Int64Value, KeyValue, LinuxContainerConfig,
+    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, RemoveContainerRequest, RemoveContainerResponse, RemovePodSandboxRequest,
+    RemovePodSandboxResponse, RunPodSandboxRequest, RunPodSandboxResponse, SecurityProfile,
+    StartContainerRequest, StartContainerResponse, StopContainerRequest, StopContainerResponse,
+    StopPodSandboxRequest, StopPodSandboxResponse,
 };
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// The CRI lifecycle calls kubelet makes, over a channel of their own (the library's
+/// `CriClient` makes read calls only).
+struct Lifecycle {
+    grpc: tonic::client::Grpc<Channel>,
+    timeout: Duration,
+}
+
+impl Lifecycle {
+    fn new(socket: PathBuf, timeout: Duration) -> Lifecycle {
+        let connector = tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(&socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        // The URI is required by the API and ignored by the connector.
+        let channel = Endpoint::from_static("http://[::]:50051")
+            .connect_timeout(timeout)
+            .connect_with_connector_lazy(connector);
+        Lifecycle {
+            grpc: tonic::client::Grpc::new(channel),
+            timeout,
+        }
+    }
+
+    async fn call<Q, R>(&self, method: &'static str, message: Q) -> anyhow::Result<R>
+    where
+        Q: prost::Message + Send + Sync + 'static,
+        R: prost::Message + Default + Send + Sync + 'static,
+    {
+        let mut grpc = self.grpc.clone();
+        let path = PathAndQuery::try_from(format!("/runtime.v1.RuntimeService/{method}"))?;
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        let work = async move {
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("connect: {e}")))?;
+            grpc.unary(request, path, tonic_prost::ProstCodec::default())
+                .await
+        };
+        let response = tokio::time::timeout(self.timeout, work)
+            .await
+            .with_context(|| format!("{method}: timed out after {:?}", self.timeout))?
+            .with_context(|| method.to_string())?;
+        Ok(response.into_inner())
+    }
+
+    async fn run_pod_sandbox(&self, config: PodSandboxConfig) -> anyhow::Result<String> {
+        let request = RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        };
+        let response: RunPodSandboxResponse = self.call("RunPodSandbox", request).await?;
+        Ok(response.pod_sandbox_id)
+    }
+
+    async fn stop_pod_sandbox(&self, pod_sandbox_id: &str) -> anyhow::Result<()> {
+        let request = StopPodSandboxRequest {
+            pod_sandbox_id: pod_sandbox_id.to_string(),
+        };
+        let _: StopPodSandboxResponse = self.call("StopPodSandbox", request).await?;
+        Ok(())
+    }
+
+    async fn remove_pod_sandbox(&self, pod_sandbox_id: &str) -> anyhow::Result<()> {
+        let request = RemovePodSandboxRequest {
+            pod_sandbox_id: pod_sandbox_id.to_string(),
+        };
+        let _: RemovePodSandboxResponse = self.call("RemovePodSandbox", request).await?;
+        Ok(())
+    }
+
+    async fn create_container(
+        &self,
+        pod_sandbox_id: &str,
+        config: ContainerConfig,
+        sandbox_config: PodSandboxConfig,
+    ) -> anyhow::Result<String> {
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod_sandbox_id.to_string(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config),
+        };
+        let response: CreateContainerResponse = self.call("CreateContainer", request).await?;
+        Ok(response.container_id)
+    }
+
+    async fn start_container(&self, container_id: &str) -> anyhow::Result<()> {
+        let request = StartContainerRequest {
+            container_id: container_id.to_string(),
+        };
+        let _: StartContainerResponse = self.call("StartContainer", request).await?;
+        Ok(())
+    }
+
+    /// `StopContainer` with a grace period in seconds (0: kill at once).
+    async fn stop_container(&self, container_id: &str, grace: i64) -> anyhow::Result<()> {
+        let request = StopContainerRequest {
+            container_id: container_id.to_string(),
+            timeout: grace,
+        };
+        let _: StopContainerResponse = self.call("StopContainer", request).await?;
+        Ok(())
+    }
+
+    async fn remove_container(&self, container_id: &str) -> anyhow::Result<()> {
+        let request = RemoveContainerRequest {
+            container_id: container_id.to_string(),
+        };
+        let _: RemoveContainerResponse = self.call("RemoveContainer", request).await?;
+        Ok(())
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -176,6 +302,7 @@ fn parse_container(spec: &str) -> anyhow::Result<ContainerSpec> {
 #[allow(clippy::too_many_arguments)]
 async fn pod_up(
     client: &CriClient,
+    life: &Lifecycle,
     name: &str,
     namespace: &str,
     uid: &str,
@@ -257,7 +384,7 @@ async fn pod_up(
         }),
     };
     let t0 = Instant::now();
-    let sandbox_id = client
+    let sandbox_id = life
         .run_pod_sandbox(sandbox_config.clone())
         .await
         .context("RunPodSandbox")?;
@@ -309,12 +436,11 @@ async fn pod_up(
             }),
             ..Default::default()
         };
-        let id = client
+        let id = life
             .create_container(&sandbox_id, config, sandbox_config.clone())
             .await
             .with_context(|| format!("CreateContainer {}", spec.name))?;
-        client
-            .start_container(&id)
+        life.start_container(&id)
             .await
             .with_context(|| format!("StartContainer {}", spec.name))?;
         let after = uptime_ms();
@@ -336,9 +462,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .unwrap_or(&cli.endpoint)
         .to_string();
     let client = CriClient::new(
-        CriTarget::Socket(path.into()),
+        CriTarget::Socket(PathBuf::from(&path)),
         Duration::from_secs(cli.timeout),
     );
+    let life = Lifecycle::new(PathBuf::from(&path), Duration::from_secs(cli.timeout));
     match cli.command {
         Cmd::Wait { seconds } => {
             let quick = client.with_timeout(Duration::from_secs(2));
@@ -370,6 +497,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             pod_up(
                 &client,
+                &life,
                 &name,
                 &namespace,
                 &uid,
@@ -384,23 +512,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::StopContainer { id, grace } => {
             let t0 = Instant::now();
-            client.stop_container(&id, grace).await?;
+            life.stop_container(&id, grace).await?;
             println!("STOPPED {id} {}", t0.elapsed().as_millis());
             Ok(())
         }
         Cmd::RmContainer { id } => {
-            client.stop_container(&id, 0).await?;
-            client.remove_container(&id).await?;
+            life.stop_container(&id, 0).await?;
+            life.remove_container(&id).await?;
             Ok(())
         }
         Cmd::PodDown { sandbox_id } => {
             let all = client.list_containers(None).await?;
             for c in all.iter().filter(|c| c.pod_sandbox_id == sandbox_id) {
-                client.stop_container(&c.id, 0).await?;
-                client.remove_container(&c.id).await?;
+                life.stop_container(&c.id, 0).await?;
+                life.remove_container(&c.id).await?;
             }
-            client.stop_pod_sandbox(&sandbox_id).await?;
-            client.remove_pod_sandbox(&sandbox_id).await?;
+            life.stop_pod_sandbox(&sandbox_id).await?;
+            life.remove_pod_sandbox(&sandbox_id).await?;
             Ok(())
         }
         Cmd::Ps => {

@@ -128,8 +128,9 @@ policy "$tmp/config/policy.yaml" 100m
 
 # --- the agent ---------------------------------------------------------------------------------
 agent_port=$(free_port)
+admin_port=$(free_port)
 "$bin" --log-format json run --config "$tmp/config/policy.yaml" --cgroup-root "$cg" --proc-root "$proc" \
-	--state-dir "$tmp/state" --listen "127.0.0.1:$agent_port" --events off --discovery procfs \
+	--state-dir "$tmp/state" --listen "127.0.0.1:$agent_port" --admin-listen "127.0.0.1:$admin_port" --events off --discovery procfs \
 	>"$tmp/agent.log" 2>&1 &
 agent_pid=$!
 pids+=("$agent_pid")
@@ -271,7 +272,7 @@ check "promtool check metrics" lint_metrics
 check "promtool check rules" promtool check rules "$tmp/rules.yaml"
 
 # The status command against the live agent.
-check "sidecar-governor status" bash -c "out=\$('$bin' status --endpoint http://127.0.0.1:$agent_port) && echo \"\$out\" | grep -q 'uid:$uid_idle' && echo \"\$out\" | grep -q 'LAST ACTION' && echo \"\$out\" | tail -1"
+check "sidecar-governor status" bash -c "out=\$('$bin' status --endpoint http://127.0.0.1:$admin_port) && echo \"\$out\" | grep -q 'uid:$uid_idle' && echo \"\$out\" | grep -q 'LAST ACTION' && echo \"\$out\" | tail -1"
 
 # A proxy that goes away: its series go too.
 rm -rf "$proc/1002" "$hot"

@@ -14,6 +14,12 @@
 #      set aside and the policy is compared as parsed YAML. Also rendered with values changed
 #      (image, pull policy, a policy field) to show they reach the objects. helm is the one
 #      scripts/cluster-build.sh builds from its Go module (cached; built when missing).
+#   6. the security surface (issue 9): the host cgroup tree mounted read-only and only kubelet's
+#      pod trees (kubepods.slice, kubepods) read-write, every other host mount read-only but the
+#      journal's; the admin listener on loopback; the NetworkPolicy admitting only the monitoring
+#      namespace to the metrics port (configurable in the chart); the RBAC: Events only in the
+#      base, tokenreviews/subjectaccessreviews create only with metrics auth on
+#      (daemonset/metrics-auth-rbac.yaml, the chart's metricsAuth.mode=kubernetes).
 # (tests/manifests.rs checks that every metric the dashboard and rules use is exported.)
 # Installs kubernetes-validate (pip) and prometheus (apt, for promtool) when missing.
 # Prints "N passed, M failed"; exits non-zero on any failure.
@@ -242,6 +248,99 @@ PY
 		ok "chart's dashboard is daemonset/grafana-dashboard.json"
 	else
 		bad "charts/sidecar-governor/files/grafana-dashboard.json differs from daemonset/grafana-dashboard.json (cp it)"
+	fi
+fi
+
+# 6. Security surface.
+if out=$(python3 - "$rendered" daemonset/metrics-auth-rbac.yaml 2>&1 <<'PY'
+import sys, yaml
+objs = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(open(sys.argv[1])) if o}
+pod = objs[("DaemonSet", "sidecar-governor")]["spec"]["template"]["spec"]
+c = pod["containers"][0]
+vols = {v["name"]: v for v in pod["volumes"]}
+mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+host = lambda m: vols[m["name"]].get("hostPath", {}).get("path")
+assert mounts["/host/sys/fs/cgroup"].get("readOnly") is True, "the host cgroup tree must be read-only"
+assert host(mounts["/host/sys/fs/cgroup"]) == "/sys/fs/cgroup"
+writable = sorted(p for p, m in mounts.items() if not m.get("readOnly"))
+assert writable == ["/host/sys/fs/cgroup/kubepods", "/host/sys/fs/cgroup/kubepods.slice", "/var/lib/sidecar-governor"], writable
+for tree in ("kubepods", "kubepods.slice"):
+    m = mounts[f"/host/sys/fs/cgroup/{tree}"]
+    assert host(m) == f"/sys/fs/cgroup/{tree}", host(m)
+    # no type: the runtime creates the tree of the driver not in use (empty)
+    assert "type" not in vols[m["name"]]["hostPath"], vols[m["name"]]
+for sock in ("/run/containerd", "/run/crio", "/host/proc", "/etc/sidecar-governor"):
+    assert mounts[sock].get("readOnly") is True, sock
+args = c["args"]
+assert "--admin-listen=127.0.0.1:9478" in args, args
+assert [p["containerPort"] for p in c["ports"]] == [9477], "only the public port is declared"
+env = {e["name"]: e.get("value") for e in c["env"]}
+assert env.get("SG_METRICS_AUTH") == "off", env
+np = objs[("NetworkPolicy", "sidecar-governor")]["spec"]
+assert np["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "sidecar-governor"}}, np
+assert np["policyTypes"] == ["Ingress"], np
+assert np["ingress"] == [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+                          "ports": [{"port": "metrics", "protocol": "TCP"}]}], np["ingress"]
+assert c["ports"][0]["name"] == "metrics"
+roles = {k[1]: o for k, o in objs.items() if k[0] == "ClusterRole"}
+assert list(roles) == ["sidecar-governor"], list(roles)
+assert roles["sidecar-governor"]["rules"] == [{"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}]
+assert not any("review" in yaml.safe_dump(o) for o in objs.values() if o["kind"] in ("ClusterRole", "Role"))
+auth = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(open(sys.argv[2])) if o}
+rules = auth[("ClusterRole", "sidecar-governor-metrics-auth")]["rules"]
+assert rules == [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+                 {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}], rules
+b = auth[("ClusterRoleBinding", "sidecar-governor-metrics-auth")]
+assert b["roleRef"]["name"] == "sidecar-governor-metrics-auth" and b["subjects"] == [{"kind": "ServiceAccount", "name": "sidecar-governor", "namespace": "sidecar-governor"}], b
+assert auth[("ClusterRole", "sidecar-governor-metrics-reader")]["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+print("cgroup tree ro, kubepods trees rw, admin on loopback, NetworkPolicy monitoring-only, RBAC Events-only (+ reviews only in metrics-auth-rbac.yaml)")
+PY
+); then
+	ok "security surface: $out"
+else
+	bad "security surface"
+	echo "$out" | tail -20
+fi
+for v in $K8S_VERSIONS; do
+	if out=$(kubernetes-validate --strict -k "$v" daemonset/metrics-auth-rbac.yaml 2>&1) && ! grep -qE "^(WARN|ERROR)" <<<"$out"; then
+		ok "kubernetes-validate --strict -k $v daemonset/metrics-auth-rbac.yaml: $(grep -c passed <<<"$out") objects"
+	else
+		bad "kubernetes-validate --strict -k $v daemonset/metrics-auth-rbac.yaml"
+		echo "$out" | grep -vE "^INFO" | head -20
+	fi
+done
+if [ -n "$helm" ]; then
+	if "$helm" template sg "$chart" --namespace ops --set metricsAuth.mode=kubernetes \
+		--set networkPolicy.monitoringNamespace=observability >"$work/helm-auth.yaml" 2>"$work/err" &&
+		out=$(python3 - "$work/helm-auth.yaml" "$work/helm.yaml" daemonset/metrics-auth-rbac.yaml 2>&1 <<'PY'
+import sys, yaml
+load = lambda p: {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(open(p)) if o}
+on, off, base = load(sys.argv[1]), load(sys.argv[2]), load(sys.argv[3])
+for key in base:
+    assert key in on, f"{key} missing with metricsAuth.mode=kubernetes"
+    assert key not in off, f"{key} rendered with metrics auth off"
+    if key[0] == "ClusterRole":
+        assert on[key]["rules"] == base[key]["rules"], key
+b = on[("ClusterRoleBinding", "sidecar-governor-metrics-auth")]
+assert b["subjects"][0]["namespace"] == "ops", b
+c = on[("DaemonSet", "sidecar-governor")]["spec"]["template"]["spec"]["containers"][0]
+assert {e["name"]: e.get("value") for e in c["env"]}["SG_METRICS_AUTH"] == "kubernetes"
+ep = on[("ServiceMonitor", "sidecar-governor")]["spec"]["endpoints"][0]
+assert ep["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token", ep
+assert "bearerTokenFile" not in off[("ServiceMonitor", "sidecar-governor")]["spec"]["endpoints"][0]
+sel = on[("NetworkPolicy", "sidecar-governor")]["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]
+assert sel == {"kubernetes.io/metadata.name": "observability"}, sel
+print("metricsAuth.mode=kubernetes renders the review RBAC, the env and the scrape token (none of it when off); the monitoring namespace reaches the NetworkPolicy")
+PY
+		); then
+		ok "helm template with metrics auth: $out"
+	else
+		bad "helm template with metrics auth: ${out:-$(cat "$work/err")}"
+	fi
+	if "$helm" template sg "$chart" --set networkPolicy.enabled=false 2>/dev/null | grep -q "kind: NetworkPolicy"; then
+		bad "helm template: networkPolicy.enabled=false still renders a NetworkPolicy"
+	else
+		ok "helm template: networkPolicy.enabled=false renders none"
 	fi
 fi
 

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::cgroup::parse::{parse_cpu_max, parse_u64_or_max};
 use crate::cgroup::{CgroupError, CpuMax, read_value, write_once, write_verified};
-use crate::discovery::cgroup_path::{parse_container_path, pod_uid_of};
+use crate::discovery::cgroup_path::{parse_container_path, parse_pod_path};
 use crate::journal::{Journal, JournalError};
 use crate::ownership::{ContainerRecord, CpuMaxValue, Found, Limit, PodRecord};
 
@@ -226,12 +226,7 @@ fn container_dir(cgroup_root: &Path, key: &str) -> Result<std::path::PathBuf, Cg
 
 /// The directory of a journaled pod key (a kubelet pod cgroup path, canonical).
 fn pod_dir(cgroup_root: &Path, key: &str) -> Result<std::path::PathBuf, CgroupError> {
-    let canonical = !key.is_empty()
-        && key
-            .split('/')
-            .all(|p| !p.is_empty() && p != "." && p != "..")
-        && key.rsplit('/').next().and_then(pod_uid_of).is_some();
-    if !canonical {
+    if parse_pod_path(key).is_none() {
         return Err(invalid(
             cgroup_root.join(key),
             key.to_string(),

@@ -28,7 +28,7 @@ use sidecar_governor::policy::{DEFAULT_POLICY_YAML, Policy, PolicyError};
 use sidecar_governor::quantity::format_cpu_millis;
 use sidecar_governor::reload::{self, ReloadTiming, Reloader};
 use sidecar_governor::sampler::{ProxyFiles, cpu_observation};
-use sidecar_governor::server::{Shared, router};
+use sidecar_governor::server::{Limits, Shared, admin_router, auth, public_router, serve};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -71,6 +71,15 @@ enum Events {
     Off,
 }
 
+/// Whether /metrics asks for a Kubernetes token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MetricsAuthMode {
+    /// Open to whoever reaches the port (the NetworkPolicy decides who does).
+    Off,
+    /// A bearer token reviewed by the API server, allowed `get` on /metrics.
+    Kubernetes,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Output {
     Table,
@@ -98,6 +107,26 @@ fn parse_duration_arg(text: &str) -> Result<Duration, String> {
     sidecar_governor::quantity::parse_duration(text).map_err(|e| e.to_string())
 }
 
+fn parse_bounded_duration(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = parse_duration_arg(text)?;
+    if d < min || d > max {
+        return Err(format!(
+            "`{text}` is out of range: must be between {} and {}",
+            sidecar_governor::quantity::format_duration(min),
+            sidecar_governor::quantity::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+fn parse_header_timeout(text: &str) -> Result<Duration, String> {
+    parse_bounded_duration(text, Duration::from_millis(100), Duration::from_secs(60))
+}
+
+fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
+    parse_bounded_duration(text, Duration::from_secs(1), Duration::from_secs(600))
+}
+
 fn parse_cpu_arg(text: &str) -> Result<u64, String> {
     sidecar_governor::quantity::parse_cpu_millis(text).map_err(|e| e.to_string())
 }
@@ -105,6 +134,9 @@ fn parse_cpu_arg(text: &str) -> Result<u64, String> {
 fn parse_bytes_arg(text: &str) -> Result<u64, String> {
     sidecar_governor::quantity::parse_bytes(text).map_err(|e| e.to_string())
 }
+
+/// The admin listener's connection cap (`status` and a port-forward need one or two).
+const ADMIN_MAX_CONNECTIONS: usize = 8;
 
 /// While CRI does not answer, it is probed this often.
 const CRI_PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -288,9 +320,34 @@ struct RunArgs {
         default_value = "/var/lib/sidecar-governor"
     )]
     state_dir: PathBuf,
-    /// Address of the metrics/health endpoint.
+    /// Address of the public listener: /metrics, /healthz, /readyz.
     #[arg(long, env = "SG_LISTEN", default_value = "0.0.0.0:9477")]
     listen: SocketAddr,
+    /// Address of the admin listener: /debug/proxies (pod identities, host PIDs, cgroup
+    /// paths). Loopback by default: reach it with `kubectl port-forward` or `kubectl exec`.
+    #[arg(long, env = "SG_ADMIN_LISTEN", default_value = "127.0.0.1:9478")]
+    admin_listen: SocketAddr,
+    /// A request's head must arrive within this (also closes kept-alive connections that send
+    /// nothing): 100ms..60s.
+    #[arg(long, env = "SG_HTTP_HEADER_TIMEOUT", default_value = "5s", value_parser = parse_header_timeout)]
+    http_header_timeout: Duration,
+    /// A connection on which nothing moves for this long is closed: 1s..10m.
+    #[arg(long, env = "SG_HTTP_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_idle_timeout)]
+    http_idle_timeout: Duration,
+    /// Connections the public listener holds open at once (beyond: closed at once): 1..4096.
+    /// The admin listener holds at most 8.
+    #[arg(long, env = "SG_HTTP_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    http_max_connections: u16,
+    /// Authenticate and authorise /metrics with the API server (TokenReview, then
+    /// SubjectAccessReview of `get` on the non-resource URL /metrics).
+    #[arg(long, env = "SG_METRICS_AUTH", value_enum, default_value_t = MetricsAuthMode::Off)]
+    metrics_auth: MetricsAuthMode,
+    /// How long a token's review answer is reused: 1s..10m.
+    #[arg(long, env = "SG_METRICS_AUTH_CACHE_TTL", default_value = "60s", value_parser = parse_duration_arg)]
+    metrics_auth_cache_ttl: Duration,
+    /// How many tokens' answers are kept (the oldest go first): 1..65536.
+    #[arg(long, env = "SG_METRICS_AUTH_CACHE_SIZE", default_value_t = 1024)]
+    metrics_auth_cache_size: usize,
     /// How proxies are found.
     #[arg(long, env = "SG_DISCOVERY", value_enum, default_value_t = DiscoveryMode::Auto)]
     discovery: DiscoveryMode,
@@ -441,7 +498,44 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(args.listen))
         .with_context(|| format!("listen on {}", args.listen))?;
-    info!(listen = %args.listen, "serving /metrics /healthz /readyz /debug/proxies");
+    let admin_listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.admin_listen))
+        .with_context(|| format!("listen on {} (--admin-listen)", args.admin_listen))?;
+    let metrics_auth = match args.metrics_auth {
+        MetricsAuthMode::Off => None,
+        MetricsAuthMode::Kubernetes => {
+            let config = auth::CacheConfig {
+                ttl: args.metrics_auth_cache_ttl,
+                capacity: args.metrics_auth_cache_size,
+            }
+            .validated()
+            .map_err(anyhow::Error::msg)?;
+            let _guard = runtime.enter();
+            let kube_config = kube::Config::incluster()
+                .context("--metrics-auth kubernetes needs in-cluster credentials")?;
+            let client = kube::Client::try_from(kube_config)
+                .context("--metrics-auth kubernetes: build a Kubernetes client")?;
+            Some(Arc::new(auth::MetricsAuth::new(client, config)))
+        }
+    };
+    let limits = Limits {
+        header_timeout: args.http_header_timeout,
+        idle_timeout: args.http_idle_timeout,
+        max_connections: usize::from(args.http_max_connections),
+    };
+    let admin_limits = Limits {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        ..limits
+    };
+    info!(
+        listen = %args.listen,
+        admin_listen = %args.admin_listen,
+        metrics_auth = ?args.metrics_auth,
+        header_timeout_ms = limits.header_timeout.as_millis() as u64,
+        idle_timeout_ms = limits.idle_timeout.as_millis() as u64,
+        max_connections = limits.max_connections,
+        "serving /metrics /healthz /readyz; /debug/proxies on the admin listener"
+    );
 
     let (commands, inbox) = std::sync::mpsc::channel();
     // Hot reload of the policy file (a ConfigMap volume in a cluster).
@@ -493,9 +587,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
-        let server = axum::serve(listener, router(shared.clone()));
+        let public = serve(
+            listener,
+            public_router(shared.clone(), metrics_auth),
+            limits,
+            "public",
+        );
+        let admin = serve(
+            admin_listener,
+            admin_router(shared.clone()),
+            admin_limits,
+            "admin",
+        );
         tokio::select! {
-            r = server => { r.context("metrics server")?; }
+            () = public => {}
+            () = admin => {}
             _ = term.recv() => info!("SIGTERM: stopping"),
             _ = int.recv() => info!("SIGINT: stopping"),
             _ = done_rx => info!("control loop finished"),

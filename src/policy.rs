@@ -22,6 +22,66 @@ const COMM_MAX: usize = 15;
 /// The kernel's smallest quota (1000 us) at the default 100 ms period, in millicores.
 const KERNEL_MIN_MILLIS: u64 = 10;
 
+/// The range a duration field must lie in (both ends allowed), named in its error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationBounds {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+const fn bounds(min: Duration, max: Duration) -> DurationBounds {
+    DurationBounds { min, max }
+}
+
+/// Every duration field and its range: long enough that the agent neither fights another
+/// writer nor busy-loops, short enough that a typo (`277777h`) cannot park a container or
+/// stall the loop for good. The README's policy table lists the same ranges.
+pub const DURATION_BOUNDS: &[(&str, DurationBounds)] = &[
+    ("interval", bounds(ms(100), secs(600))),
+    ("match.rescanInterval", bounds(secs(1), secs(3600))),
+    ("cpu.scaleDownAfter", bounds(secs(1), secs(24 * 3600))),
+    ("cpu.conflictBackoff", bounds(secs(1), secs(24 * 3600))),
+    ("cpu.pushStorm.window", bounds(ms(100), secs(60))),
+    ("cpu.pushStorm.grace", bounds(secs(1), secs(60))),
+    ("memory.settleAfter", bounds(secs(1), secs(3600))),
+    ("memory.scaleDownAfter", bounds(secs(1), secs(24 * 3600))),
+    ("memory.probeInterval", bounds(secs(1), secs(3600))),
+    ("memory.writeTimeout", bounds(ms(10), secs(30))),
+    ("memory.timeoutBackoff", bounds(secs(1), secs(24 * 3600))),
+];
+
+/// `cpu.pushStorm.minProxies`: a storm is several proxies, and a node holds a few thousand.
+pub const MIN_PROXIES_BOUNDS: (u32, u32) = (2, 10_000);
+/// The most entries in `match.processNames` and `match.containerNames`.
+pub const MAX_NAMES: usize = 64;
+/// The most entries in `match.excludeNamespaces` and in `overrides`.
+pub const MAX_NAMESPACES: usize = 1024;
+
+fn duration_bounds(path: &str) -> DurationBounds {
+    DURATION_BOUNDS
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map_or(bounds(ms(1), secs(24 * 3600)), |(_, b)| *b)
+}
+
+/// A bound as an operator writes it: `100ms`, `1s`, `10m`, `24h`.
+fn format_bound(d: Duration) -> String {
+    let s = d.as_secs();
+    if d.subsec_nanos() == 0 && s >= 3600 && s.is_multiple_of(3600) {
+        format!("{}h", s / 3600)
+    } else {
+        format_duration(d)
+    }
+}
+
 /// One problem with a policy, named by its field path (`cpu.min`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -84,6 +144,21 @@ enum Scalar {
 }
 
 impl Scalar {
+    /// The value as a number: a bare YAML number or a quoted one (`0.6`, `"0.6"`), as
+    /// quantity fields take them.
+    fn number(&self) -> Result<f64, String> {
+        match self {
+            Scalar::Int(i) => Ok(*i as f64),
+            Scalar::Float(f) => Ok(*f),
+            Scalar::Text(t) => t
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| format!("`{t}` is not a number")),
+        }
+    }
+
     fn text(&self) -> String {
         match self {
             Scalar::Text(s) => s.clone(),
@@ -113,12 +188,12 @@ struct RawMemory {
     min: Option<Scalar>,
     max: Option<Scalar>,
     settle_after: Option<Scalar>,
-    headroom: Option<f64>,
+    headroom: Option<Scalar>,
     margin: Option<Scalar>,
     scale_down_after: Option<Scalar>,
     probe_interval: Option<Scalar>,
-    step_down: Option<f64>,
-    pressure_threshold: Option<f64>,
+    step_down: Option<Scalar>,
+    pressure_threshold: Option<Scalar>,
     shrink_with: Option<ShrinkWith>,
     write_timeout: Option<Scalar>,
     timeout_backoff: Option<Scalar>,
@@ -127,8 +202,8 @@ struct RawMemory {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawPushStorm {
-    min_proxies: Option<u32>,
-    fraction: Option<f64>,
+    min_proxies: Option<Scalar>,
+    fraction: Option<Scalar>,
     window: Option<Scalar>,
     grace: Option<Scalar>,
 }
@@ -164,16 +239,16 @@ struct RawCpu {
     min: Option<Scalar>,
     max: Option<Scalar>,
     scale_down_after: Option<Scalar>,
-    target_utilization: Option<f64>,
-    scale_up_utilization: Option<f64>,
-    scale_down_utilization: Option<f64>,
-    throttled_ratio: Option<f64>,
-    pressure_threshold: Option<f64>,
-    step_up: Option<f64>,
-    step_down: Option<f64>,
+    target_utilization: Option<Scalar>,
+    scale_up_utilization: Option<Scalar>,
+    scale_down_utilization: Option<Scalar>,
+    throttled_ratio: Option<Scalar>,
+    pressure_threshold: Option<Scalar>,
+    step_up: Option<Scalar>,
+    step_down: Option<Scalar>,
     conflict_backoff: Option<Scalar>,
     per_worker_min: Option<Scalar>,
-    burst_ratio: Option<f64>,
+    burst_ratio: Option<Scalar>,
     allow_above_limit: Option<bool>,
     push_storm: Option<RawPushStorm>,
 }
@@ -535,15 +610,83 @@ impl Checker {
         }
     }
 
-    fn ratio(&mut self, path: &str, value: Option<f64>, default: f64, max: f64) -> f64 {
-        match value {
+    /// A duration field, within its [`DURATION_BOUNDS`].
+    fn duration(&mut self, path: &str, value: Option<&Scalar>, default: Duration) -> Duration {
+        let Some(raw) = value else {
+            return default;
+        };
+        let text = raw.text();
+        match parse_duration(&text) {
+            Err(e) => {
+                self.fail(path, e.to_string());
+                default
+            }
+            Ok(v) => {
+                let b = duration_bounds(path);
+                if v < b.min || v > b.max {
+                    self.fail(
+                        path,
+                        format!(
+                            "`{}` is out of range: must be between {} and {}",
+                            text.trim(),
+                            format_bound(b.min),
+                            format_bound(b.max)
+                        ),
+                    );
+                    default
+                } else {
+                    v
+                }
+            }
+        }
+    }
+
+    /// A share: greater than 0 and at most `max`, written bare or quoted.
+    fn ratio(&mut self, path: &str, value: Option<&Scalar>, default: f64, max: f64) -> f64 {
+        match value.map(Scalar::number) {
             None => default,
-            Some(v) if v.is_finite() && v > 0.0 && v <= max => v,
-            Some(v) => {
+            Some(Ok(v)) if v > 0.0 && v <= max => v,
+            Some(Ok(v)) => {
                 self.fail(
                     path,
                     format!("{v} must be greater than 0 and at most {max}"),
                 );
+                default
+            }
+            Some(Err(e)) => {
+                self.fail(path, e);
+                default
+            }
+        }
+    }
+
+    /// A whole number within `min..=max`, written bare or quoted.
+    fn count(
+        &mut self,
+        path: &str,
+        value: Option<&Scalar>,
+        default: u32,
+        (min, max): (u32, u32),
+    ) -> u32 {
+        let Some(raw) = value else {
+            return default;
+        };
+        let parsed = match raw {
+            Scalar::Int(i) => Some(*i),
+            Scalar::Text(t) => t.trim().parse::<i64>().ok(),
+            Scalar::Float(_) => None,
+        };
+        match parsed {
+            Some(v) if (i64::from(min)..=i64::from(max)).contains(&v) => v as u32,
+            Some(v) => {
+                self.fail(
+                    path,
+                    format!("{v} is out of range: must be between {min} and {max}"),
+                );
+                default
+            }
+            None => {
+                self.fail(path, format!("`{}` is not a whole number", raw.text()));
                 default
             }
         }
@@ -556,6 +699,17 @@ impl Checker {
         default: Vec<String>,
     ) -> Vec<String> {
         let names = value.unwrap_or(default);
+        let most = if path == "match.excludeNamespaces" {
+            MAX_NAMESPACES
+        } else {
+            MAX_NAMES
+        };
+        if names.len() > most {
+            self.fail(
+                path,
+                format!("{} entries: at most {most} are allowed", names.len()),
+            );
+        }
         for (i, name) in names.iter().enumerate() {
             if name.trim().is_empty() {
                 self.fail(&format!("{path}[{i}]"), "must not be empty");
@@ -620,15 +774,7 @@ impl Policy {
 
     fn check(raw: RawPolicy, c: &mut Checker) -> Policy {
         let d = Policy::default();
-        let interval = c.parsed(
-            "interval",
-            raw.interval.as_ref(),
-            d.interval,
-            parse_duration,
-        );
-        if interval < Duration::from_millis(100) || interval > Duration::from_secs(600) {
-            c.fail("interval", "must be between 100ms and 10m");
-        }
+        let interval = c.duration("interval", raw.interval.as_ref(), d.interval);
 
         let m = raw.matching.unwrap_or_default();
         let process_names = c.names(
@@ -657,11 +803,10 @@ impl Policy {
                 d.matching.container_names.clone(),
             ),
             exclude_namespaces: c.names("match.excludeNamespaces", m.exclude_namespaces, vec![]),
-            rescan_interval: c.parsed(
+            rescan_interval: c.duration(
                 "match.rescanInterval",
                 m.rescan_interval.as_ref(),
                 d.matching.rescan_interval,
-                parse_duration,
             ),
             include_gateways: m.include_gateways.unwrap_or(d.matching.include_gateways),
         };
@@ -671,49 +816,47 @@ impl Policy {
         let cpu = CpuPolicy {
             min_millis: c.parsed("cpu.min", r.min.as_ref(), dc.min_millis, parse_cpu_millis),
             max_millis: c.parsed("cpu.max", r.max.as_ref(), dc.max_millis, parse_cpu_millis),
-            scale_down_after: c.parsed(
+            scale_down_after: c.duration(
                 "cpu.scaleDownAfter",
                 r.scale_down_after.as_ref(),
                 dc.scale_down_after,
-                parse_duration,
             ),
             target_utilization: c.ratio(
                 "cpu.targetUtilization",
-                r.target_utilization,
+                r.target_utilization.as_ref(),
                 dc.target_utilization,
                 1.0,
             ),
             scale_up_utilization: c.ratio(
                 "cpu.scaleUpUtilization",
-                r.scale_up_utilization,
+                r.scale_up_utilization.as_ref(),
                 dc.scale_up_utilization,
                 1.0,
             ),
             scale_down_utilization: c.ratio(
                 "cpu.scaleDownUtilization",
-                r.scale_down_utilization,
+                r.scale_down_utilization.as_ref(),
                 dc.scale_down_utilization,
                 1.0,
             ),
             throttled_ratio: c.ratio(
                 "cpu.throttledRatio",
-                r.throttled_ratio,
+                r.throttled_ratio.as_ref(),
                 dc.throttled_ratio,
                 1.0,
             ),
             pressure_threshold: c.ratio(
                 "cpu.pressureThreshold",
-                r.pressure_threshold,
+                r.pressure_threshold.as_ref(),
                 dc.pressure_threshold,
                 1.0,
             ),
-            step_up: c.ratio("cpu.stepUp", r.step_up, dc.step_up, 10.0),
-            step_down: c.ratio("cpu.stepDown", r.step_down, dc.step_down, 0.9),
-            conflict_backoff: c.parsed(
+            step_up: c.ratio("cpu.stepUp", r.step_up.as_ref(), dc.step_up, 10.0),
+            step_down: c.ratio("cpu.stepDown", r.step_down.as_ref(), dc.step_down, 0.9),
+            conflict_backoff: c.duration(
                 "cpu.conflictBackoff",
                 r.conflict_backoff.as_ref(),
                 dc.conflict_backoff,
-                parse_duration,
             ),
             per_worker_min_millis: c.parsed(
                 "cpu.perWorkerMin",
@@ -722,11 +865,15 @@ impl Policy {
                 parse_cpu_millis,
             ),
             allow_above_limit: r.allow_above_limit.unwrap_or(dc.allow_above_limit),
-            burst_ratio: match r.burst_ratio {
+            burst_ratio: match r.burst_ratio.as_ref().map(Scalar::number) {
                 None => dc.burst_ratio,
-                Some(v) if v.is_finite() && (0.0..=1.0).contains(&v) => v,
-                Some(v) => {
+                Some(Ok(v)) if (0.0..=1.0).contains(&v) => v,
+                Some(Ok(v)) => {
                     c.fail("cpu.burstRatio", format!("{v} must be between 0 and 1"));
+                    dc.burst_ratio
+                }
+                Some(Err(e)) => {
+                    c.fail("cpu.burstRatio", e);
                     dc.burst_ratio
                 }
             },
@@ -783,25 +930,22 @@ impl Policy {
     }
 
     fn check_push_storm(r: RawPushStorm, d: &PushStormPolicy, c: &mut Checker) -> PushStormPolicy {
-        let min_proxies = r.min_proxies.unwrap_or(d.min_proxies);
-        if min_proxies < 2 {
-            c.fail("cpu.pushStorm.minProxies", "must be at least 2");
-        }
+        let min_proxies = c.count(
+            "cpu.pushStorm.minProxies",
+            r.min_proxies.as_ref(),
+            d.min_proxies,
+            MIN_PROXIES_BOUNDS,
+        );
         PushStormPolicy {
             min_proxies,
-            fraction: c.ratio("cpu.pushStorm.fraction", r.fraction, d.fraction, 1.0),
-            window: c.parsed(
-                "cpu.pushStorm.window",
-                r.window.as_ref(),
-                d.window,
-                parse_duration,
+            fraction: c.ratio(
+                "cpu.pushStorm.fraction",
+                r.fraction.as_ref(),
+                d.fraction,
+                1.0,
             ),
-            grace: c.parsed(
-                "cpu.pushStorm.grace",
-                r.grace.as_ref(),
-                d.grace,
-                parse_duration,
-            ),
+            window: c.duration("cpu.pushStorm.window", r.window.as_ref(), d.window),
+            grace: c.duration("cpu.pushStorm.grace", r.grace.as_ref(), d.grace),
         }
     }
 
@@ -810,50 +954,45 @@ impl Policy {
             enabled: r.enabled.unwrap_or(d.enabled),
             min_bytes: c.parsed("memory.min", r.min.as_ref(), d.min_bytes, parse_bytes),
             max_bytes: c.parsed("memory.max", r.max.as_ref(), d.max_bytes, parse_bytes),
-            settle_after: c.parsed(
+            settle_after: c.duration(
                 "memory.settleAfter",
                 r.settle_after.as_ref(),
                 d.settle_after,
-                parse_duration,
             ),
-            headroom: c.ratio("memory.headroom", r.headroom, d.headroom, 4.0),
+            headroom: c.ratio("memory.headroom", r.headroom.as_ref(), d.headroom, 4.0),
             margin_bytes: c.parsed(
                 "memory.margin",
                 r.margin.as_ref(),
                 d.margin_bytes,
                 parse_bytes,
             ),
-            scale_down_after: c.parsed(
+            scale_down_after: c.duration(
                 "memory.scaleDownAfter",
                 r.scale_down_after.as_ref(),
                 d.scale_down_after,
-                parse_duration,
             ),
-            probe_interval: c.parsed(
+            probe_interval: c.duration(
                 "memory.probeInterval",
                 r.probe_interval.as_ref(),
                 d.probe_interval,
-                parse_duration,
             ),
-            step_down: c.ratio("memory.stepDown", r.step_down, d.step_down, 0.5),
+            step_down: c.ratio("memory.stepDown", r.step_down.as_ref(), d.step_down, 0.5),
             pressure_threshold: c.ratio(
                 "memory.pressureThreshold",
-                r.pressure_threshold,
+                r.pressure_threshold.as_ref(),
                 d.pressure_threshold,
                 1.0,
             ),
             shrink_with: r.shrink_with.unwrap_or(d.shrink_with),
-            write_timeout: c.parsed(
+            write_timeout: c.duration(
                 "memory.writeTimeout",
                 r.write_timeout.as_ref(),
                 d.write_timeout,
-                parse_duration,
             ),
-            timeout_backoff: c.parsed(
+            timeout_backoff: c.duration(
                 "memory.timeoutBackoff",
                 r.timeout_backoff.as_ref(),
                 d.timeout_backoff,
-                parse_duration,
             ),
         };
         if m.min_bytes > m.max_bytes {
@@ -880,6 +1019,15 @@ impl Policy {
         cpu: &CpuPolicy,
         c: &mut Checker,
     ) -> Vec<NamespaceOverride> {
+        if raw.len() > MAX_NAMESPACES {
+            c.fail(
+                "overrides",
+                format!(
+                    "{} entries: at most {MAX_NAMESPACES} are allowed",
+                    raw.len()
+                ),
+            );
+        }
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::with_capacity(raw.len());
         for (i, o) in raw.into_iter().enumerate() {
@@ -1138,7 +1286,7 @@ cpu:
         );
         assert_eq!(
             errors("cpu:\n  pushStorm:\n    minProxies: 1\n"),
-            vec!["cpu.pushStorm.minProxies: must be at least 2"]
+            vec!["cpu.pushStorm.minProxies: 1 is out of range: must be between 2 and 10000"]
         );
     }
 
@@ -1304,5 +1452,255 @@ cpu:
             ..PodControl::default()
         };
         assert_eq!(p.effective("shop", &wide).cpu.max_millis, 2000);
+    }
+
+    /// `a.b.c: value` as nested YAML.
+    fn yaml_at(path: &str, value: &str) -> String {
+        let mut out = String::new();
+        let parts: Vec<&str> = path.split('.').collect();
+        for (depth, part) in parts.iter().enumerate() {
+            out.push_str(&"  ".repeat(depth));
+            out.push_str(part);
+            if depth + 1 == parts.len() {
+                out.push_str(&format!(": {value}\n"));
+            } else {
+                out.push_str(":\n");
+            }
+        }
+        out
+    }
+
+    /// Each duration field, the smallest and largest value it takes, a value just outside
+    /// each end, and the error's wording of the range (issue 9, case 7).
+    #[allow(clippy::type_complexity)]
+    const DURATIONS: &[(&str, &str, &str, &str, &str, &str, fn(&Policy) -> Duration)] = &[
+        (
+            "interval",
+            "100ms",
+            "10m",
+            "99ms",
+            "601s",
+            "100ms and 10m",
+            |p| p.interval,
+        ),
+        (
+            "match.rescanInterval",
+            "1s",
+            "1h",
+            "1ms",
+            "61m",
+            "1s and 1h",
+            |p| p.matching.rescan_interval,
+        ),
+        (
+            "cpu.scaleDownAfter",
+            "1s",
+            "24h",
+            "999ms",
+            "25h",
+            "1s and 24h",
+            |p| p.cpu.scale_down_after,
+        ),
+        (
+            "cpu.conflictBackoff",
+            "1s",
+            "24h",
+            "0.001ms",
+            "277777h",
+            "1s and 24h",
+            |p| p.cpu.conflict_backoff,
+        ),
+        (
+            "cpu.pushStorm.window",
+            "100ms",
+            "1m",
+            "50ms",
+            "61s",
+            "100ms and 1m",
+            |p| p.cpu.push_storm.window,
+        ),
+        (
+            "cpu.pushStorm.grace",
+            "1s",
+            "1m",
+            "500ms",
+            "2m",
+            "1s and 1m",
+            |p| p.cpu.push_storm.grace,
+        ),
+        (
+            "memory.settleAfter",
+            "1s",
+            "1h",
+            "10ms",
+            "2h",
+            "1s and 1h",
+            |p| p.memory.settle_after,
+        ),
+        (
+            "memory.scaleDownAfter",
+            "1s",
+            "24h",
+            "100ms",
+            "48h",
+            "1s and 24h",
+            |p| p.memory.scale_down_after,
+        ),
+        (
+            "memory.probeInterval",
+            "1s",
+            "1h",
+            "1ms",
+            "3601s",
+            "1s and 1h",
+            |p| p.memory.probe_interval,
+        ),
+        (
+            "memory.writeTimeout",
+            "10ms",
+            "30s",
+            "1ms",
+            "277777h",
+            "10ms and 30s",
+            |p| p.memory.write_timeout,
+        ),
+        (
+            "memory.timeoutBackoff",
+            "1s",
+            "24h",
+            "1ms",
+            "1441m",
+            "1s and 24h",
+            |p| p.memory.timeout_backoff,
+        ),
+    ];
+
+    #[test]
+    fn every_duration_has_bounds_named_in_the_error() {
+        for (path, min, max, below, above, range, get) in DURATIONS {
+            for ok in [min, max] {
+                let p = Policy::from_yaml(&yaml_at(path, ok))
+                    .unwrap_or_else(|e| panic!("{path}: {ok}: {e}"));
+                assert_eq!(get(&p), parse_duration(ok).unwrap(), "{path}: {ok}");
+            }
+            for bad in [below, above] {
+                assert_eq!(
+                    errors(&yaml_at(path, bad)),
+                    vec![format!(
+                        "{path}: `{bad}` is out of range: must be between {range}"
+                    )],
+                    "{path}: {bad}"
+                );
+            }
+        }
+        // every bounded field is in the table above, and nothing else is
+        let mut listed: Vec<&str> = DURATIONS.iter().map(|d| d.0).collect();
+        let mut bounded: Vec<&str> = DURATION_BOUNDS.iter().map(|d| d.0).collect();
+        listed.sort_unstable();
+        bounded.sort_unstable();
+        assert_eq!(listed, bounded);
+    }
+
+    #[test]
+    fn counts_have_bounds() {
+        let at = |v: &str| yaml_at("cpu.pushStorm.minProxies", v);
+        assert_eq!(
+            Policy::from_yaml(&at("2"))
+                .unwrap()
+                .cpu
+                .push_storm
+                .min_proxies,
+            2
+        );
+        assert_eq!(
+            Policy::from_yaml(&at("\"10000\""))
+                .unwrap()
+                .cpu
+                .push_storm
+                .min_proxies,
+            10000
+        );
+        assert_eq!(
+            errors(&at("10001")),
+            vec!["cpu.pushStorm.minProxies: 10001 is out of range: must be between 2 and 10000"]
+        );
+        assert_eq!(
+            errors(&at("-3")),
+            vec!["cpu.pushStorm.minProxies: -3 is out of range: must be between 2 and 10000"]
+        );
+        assert_eq!(
+            errors(&at("2.5")),
+            vec!["cpu.pushStorm.minProxies: `2.5` is not a whole number"]
+        );
+        let many = |n: usize| {
+            (0..n)
+                .map(|i| format!("p{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        assert!(Policy::from_yaml(&format!("match:\n  processNames: [{}]\n", many(64))).is_ok());
+        assert_eq!(
+            errors(&format!("match:\n  processNames: [{}]\n", many(65))),
+            vec!["match.processNames: 65 entries: at most 64 are allowed"]
+        );
+        assert_eq!(
+            errors(&format!("match:\n  containerNames: [{}]\n", many(65))),
+            vec!["match.containerNames: 65 entries: at most 64 are allowed"]
+        );
+        assert!(
+            Policy::from_yaml(&format!("match:\n  excludeNamespaces: [{}]\n", many(1024))).is_ok()
+        );
+        assert_eq!(
+            errors(&format!("match:\n  excludeNamespaces: [{}]\n", many(1025))),
+            vec!["match.excludeNamespaces: 1025 entries: at most 1024 are allowed"]
+        );
+        let overrides = |n: usize| {
+            let mut y = String::from("overrides:\n");
+            for i in 0..n {
+                y.push_str(&format!("  - namespace: ns{i}\n"));
+            }
+            y
+        };
+        assert!(Policy::from_yaml(&overrides(1024)).is_ok());
+        assert_eq!(
+            errors(&overrides(1025)),
+            vec!["overrides: 1025 entries: at most 1024 are allowed"]
+        );
+    }
+
+    #[test]
+    fn ratios_take_quoted_numbers_like_quantities() {
+        let quoted = Policy::from_yaml(
+            "cpu:\n  targetUtilization: \"0.7\"\n  scaleUpUtilization: '0.9'\n  scaleDownUtilization: \"0.5\"\n  throttledRatio: \"0.1\"\n  pressureThreshold: \"0.2\"\n  stepUp: \"2\"\n  stepDown: \" 0.2 \"\n  burstRatio: \"0.5\"\n  pushStorm:\n    fraction: \"0.75\"\nmemory:\n  headroom: \"0.5\"\n  stepDown: \"0.02\"\n  pressureThreshold: \"0.01\"\n",
+        )
+        .unwrap();
+        let bare = Policy::from_yaml(
+            "cpu:\n  targetUtilization: 0.7\n  scaleUpUtilization: 0.9\n  scaleDownUtilization: 0.5\n  throttledRatio: 0.1\n  pressureThreshold: 0.2\n  stepUp: 2\n  stepDown: 0.2\n  burstRatio: 0.5\n  pushStorm:\n    fraction: 0.75\nmemory:\n  headroom: 0.5\n  stepDown: 0.02\n  pressureThreshold: 0.01\n",
+        )
+        .unwrap();
+        assert_eq!(quoted, bare);
+        assert_eq!(quoted.cpu.target_utilization, 0.7);
+        assert_eq!(quoted.cpu.step_up, 2.0);
+        assert_eq!(quoted.cpu.step_down, 0.2);
+        assert_eq!(quoted.cpu.burst_ratio, 0.5);
+        assert_eq!(quoted.cpu.push_storm.fraction, 0.75);
+        assert_eq!(quoted.memory.headroom, 0.5);
+        // the same ranges apply however it is written, and text that is no number is named
+        assert_eq!(
+            errors("cpu:\n  stepDown: \"1.5\"\n"),
+            vec!["cpu.stepDown: 1.5 must be greater than 0 and at most 0.9"]
+        );
+        assert_eq!(
+            errors("cpu:\n  throttledRatio: \"5%\"\n"),
+            vec!["cpu.throttledRatio: `5%` is not a number"]
+        );
+        assert_eq!(
+            errors("memory:\n  headroom: \"inf\"\n"),
+            vec!["memory.headroom: `inf` is not a number"]
+        );
+        assert_eq!(
+            errors("cpu:\n  burstRatio: \"NaN\"\n"),
+            vec!["cpu.burstRatio: `NaN` is not a number"]
+        );
     }
 }

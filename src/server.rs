@@ -1,10 +1,23 @@
-//! The HTTP endpoint: `/metrics` (Prometheus/OpenMetrics text), `/healthz` (the process
-//! answers), `/readyz` (a control tick has completed recently) and `/debug/proxies` (JSON
-//! view of every governed proxy, for `status` and humans).
+//! The HTTP listeners. The public one serves `/metrics` (Prometheus/OpenMetrics text, with
+//! optional Kubernetes token authentication, see [`auth`]), `/healthz` (the process answers)
+//! and `/readyz` (a control tick has completed, the journal can be written); the admin one,
+//! on loopback by default, serves `/debug/proxies` (JSON view of every governed proxy, with
+//! pod identities, host PIDs and cgroup paths: for `status` and `kubectl port-forward`).
+//! Each listener is hyper's HTTP/1 server with a header-read timeout (which also closes a
+//! kept-alive connection that sends no next request), an idle timeout on the socket (a
+//! request or response that stops moving) and a cap on open connections (beyond it a new
+//! connection is closed at once). The listeners run on their own runtime; the control loop
+//! does not wait on them.
 
+pub mod auth;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State;
@@ -12,6 +25,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Sleep;
+use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 
@@ -153,14 +171,182 @@ async fn debug_proxies(State(shared): State<Arc<Shared>>) -> axum::Json<impl Ser
     })
 }
 
-/// The agent's HTTP routes.
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
+/// The public listener's routes: `/metrics` (behind `auth` when given), `/healthz` and
+/// `/readyz` (always open: the kubelet probes them without a token). Nothing else.
+pub fn public_router(shared: Arc<Shared>, auth: Option<Arc<auth::MetricsAuth>>) -> Router {
+    let mut routes = Router::new().route("/metrics", get(metrics));
+    if let Some(auth) = auth {
+        routes = routes.route_layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::require_token,
+        ));
+    }
+    routes
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .with_state(shared)
+}
+
+/// The admin listener's routes: `/debug/proxies` only.
+pub fn admin_router(shared: Arc<Shared>) -> Router {
+    Router::new()
         .route("/debug/proxies", get(debug_proxies))
         .with_state(shared)
+}
+
+/// Timeouts and the connection cap of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A request's head must arrive whole within this, counted from when the connection
+    /// starts waiting for it (so a kept-alive connection with no next request is closed too).
+    pub header_timeout: Duration,
+    /// A connection on which no byte moves either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// At most this many connections are open at once; a new one beyond it is closed at
+    /// once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 64,
+        }
+    }
+}
+
+/// Serves `app` on `listener` within `limits` until the future is dropped. `name` names the
+/// listener in logs. Accept errors (out of file descriptors) are logged and retried after a
+/// pause; they never end the server.
+pub async fn serve(listener: TcpListener, app: Router, limits: Limits, name: &'static str) {
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let mut refusing = false;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!(listener = name, error = %e, "accept failed; retrying in 100ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            if !refusing {
+                warn!(
+                    listener = name,
+                    max = limits.max_connections,
+                    "connection cap reached: closing new connections until one ends"
+                );
+                refusing = true;
+            }
+            drop(stream);
+            continue;
+        };
+        if refusing {
+            info!(listener = name, "below the connection cap again");
+            refusing = false;
+        }
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let io = hyper_util::rt::TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(io, service)
+                .await;
+            if let Err(e) = served {
+                debug!(listener = name, %peer, error = %e, "connection closed");
+            }
+        });
+    }
+}
+
+/// A socket that fails with `TimedOut` once no byte has moved either way for `timeout`.
+#[derive(Debug)]
+pub struct IdleTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<S> IdleTimeout<S> {
+    pub fn new(inner: S, timeout: Duration) -> IdleTimeout<S> {
+        IdleTimeout {
+            inner,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    fn moved(&mut self) {
+        let next = tokio::time::Instant::now() + self.timeout;
+        self.deadline.as_mut().reset(next);
+    }
+
+    /// Pending unless the deadline has passed.
+    fn expired<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection idle too long",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                this.moved();
+                Poll::Ready(result)
+            }
+            Poll::Pending => this.expired(cx),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(result) => {
+                this.moved();
+                Poll::Ready(result)
+            }
+            Poll::Pending => this.expired(cx),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Pending => this.expired(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_shutdown(cx) {
+            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Pending => this.expired(cx),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -171,14 +357,18 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    async fn get_path(shared: &Arc<Shared>, path: &str) -> (StatusCode, String) {
-        let response = router(shared.clone())
+    async fn get_from(app: Router, path: &str) -> (StatusCode, String) {
+        let response = app
             .oneshot(Request::get(path).body(Body::empty()).unwrap())
             .await
             .unwrap();
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    async fn get_path(shared: &Arc<Shared>, path: &str) -> (StatusCode, String) {
+        get_from(public_router(shared.clone(), None), path).await
     }
 
     #[tokio::test]
@@ -194,7 +384,53 @@ mod tests {
         let (status, body) = get_path(&shared, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("sidecar_governor_proxies"), "{body}");
-        let (_, body) = get_path(&shared, "/debug/proxies").await;
+        let (_, body) = get_from(admin_router(shared.clone()), "/debug/proxies").await;
         assert!(body.contains("\"proxies\":[]"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn the_debug_view_is_only_on_the_admin_listener() {
+        let shared = Arc::new(Shared::default());
+        shared.publish(vec![]);
+        let (status, _) = get_path(&shared, "/debug/proxies").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = get_from(admin_router(shared.clone()), "/debug/proxies").await;
+        assert_eq!(status, StatusCode::OK);
+        for path in ["/metrics", "/healthz", "/readyz"] {
+            let (status, _) = get_from(admin_router(shared.clone()), path).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        }
+    }
+
+    /// A peer that neither reads nor writes: the wrapped socket fails with `TimedOut` after
+    /// the idle timeout (paused time), and each byte moved pushes the deadline back.
+    #[tokio::test(start_paused = true)]
+    async fn idle_sockets_time_out() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut theirs) = tokio::io::duplex(16);
+        let mut io = IdleTimeout::new(ours, Duration::from_secs(10));
+        let start = tokio::time::Instant::now();
+        // The peer sends a byte after 6s, then nothing: the read after it times out 10s later.
+        let peer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            theirs.write_all(b"x").await.unwrap();
+            // keep the peer open, not reading
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(theirs);
+        });
+        let mut byte = [0u8; 1];
+        io.read_exact(&mut byte).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(6));
+        let e = io.read_exact(&mut byte).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(16));
+        // A response the peer never reads: the write stalls once the pipe is full, then fails.
+        let (ours, _theirs) = tokio::io::duplex(16);
+        let mut io = IdleTimeout::new(ours, Duration::from_secs(10));
+        let start = tokio::time::Instant::now();
+        let e = io.write_all(&[0u8; 64]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        peer.abort();
     }
 }

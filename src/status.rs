@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::quantity::format_cpu_millis;
 
-/// The default endpoint: the agent on this host.
-pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:9477";
+/// The default endpoint: the agent's admin listener on this host (or in this pod, or
+/// forwarded here by `kubectl port-forward`).
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:9478";
 
 /// Why the status could not be fetched.
 #[derive(Debug, thiserror::Error)]

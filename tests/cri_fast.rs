@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::{Container as FixtureContainer, Node};
 use sidecar_governor::agent::Agent;
-use sidecar_governor::cri::client::{CriClient, CriError, CriTarget};
+use sidecar_governor::cri::client::{CriClient, CriError, CriTarget, ReadCall};
 use sidecar_governor::cri::parse::parse_status_info;
 use sidecar_governor::cri::proto::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 use sidecar_governor::cri::proto::*;
@@ -50,6 +50,8 @@ struct State {
     subscribers: Vec<EventTx>,
     list_calls: usize,
     status_calls: usize,
+    /// Every RPC served, by name.
+    calls: Vec<&'static str>,
 }
 
 #[derive(Clone, Default)]
@@ -74,6 +76,7 @@ impl RuntimeService for Fake {
         &self,
         _: Request<VersionRequest>,
     ) -> Result<Response<VersionResponse>, Status> {
+        self.state.lock().unwrap().calls.push("Version");
         self.pause().await;
         Ok(Response::new(VersionResponse {
             version: "0.1.0".into(),
@@ -87,6 +90,7 @@ impl RuntimeService for Fake {
         &self,
         _: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        self.state.lock().unwrap().calls.push("RunPodSandbox");
         Err(Status::unimplemented("fake"))
     }
 
@@ -94,6 +98,7 @@ impl RuntimeService for Fake {
         &self,
         _: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        self.state.lock().unwrap().calls.push("StopPodSandbox");
         Err(Status::unimplemented("fake"))
     }
 
@@ -101,6 +106,7 @@ impl RuntimeService for Fake {
         &self,
         _: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        self.state.lock().unwrap().calls.push("RemovePodSandbox");
         Err(Status::unimplemented("fake"))
     }
 
@@ -108,6 +114,7 @@ impl RuntimeService for Fake {
         &self,
         _: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        self.state.lock().unwrap().calls.push("ListPodSandbox");
         self.pause().await;
         let items = self.state.lock().unwrap().sandboxes.clone();
         Ok(Response::new(ListPodSandboxResponse { items }))
@@ -117,6 +124,7 @@ impl RuntimeService for Fake {
         &self,
         _: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
+        self.state.lock().unwrap().calls.push("CreateContainer");
         Err(Status::unimplemented("fake"))
     }
 
@@ -124,6 +132,7 @@ impl RuntimeService for Fake {
         &self,
         _: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
+        self.state.lock().unwrap().calls.push("StartContainer");
         Err(Status::unimplemented("fake"))
     }
 
@@ -131,6 +140,7 @@ impl RuntimeService for Fake {
         &self,
         _: Request<StopContainerRequest>,
     ) -> Result<Response<StopContainerResponse>, Status> {
+        self.state.lock().unwrap().calls.push("StopContainer");
         Err(Status::unimplemented("fake"))
     }
 
@@ -138,6 +148,7 @@ impl RuntimeService for Fake {
         &self,
         _: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
+        self.state.lock().unwrap().calls.push("RemoveContainer");
         Err(Status::unimplemented("fake"))
     }
 
@@ -145,6 +156,7 @@ impl RuntimeService for Fake {
         &self,
         request: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
+        self.state.lock().unwrap().calls.push("ListContainers");
         self.pause().await;
         let filter = request.into_inner().filter;
         let mut state = self.state.lock().unwrap();
@@ -167,6 +179,7 @@ impl RuntimeService for Fake {
         &self,
         request: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
+        self.state.lock().unwrap().calls.push("ContainerStatus");
         self.pause().await;
         let request = request.into_inner();
         let mut state = self.state.lock().unwrap();
@@ -198,6 +211,7 @@ impl RuntimeService for Fake {
         &self,
         _: Request<GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        self.state.lock().unwrap().calls.push("GetContainerEvents");
         let mut state = self.state.lock().unwrap();
         if !state.events {
             return Err(Status::unimplemented("GetContainerEvents"));
@@ -526,6 +540,14 @@ fn fast_client_speaks_runtime_v1() {
         let events = client.container_events().await.unwrap_err();
         assert!(events.is_unimplemented(), "{events}");
     });
+    // Every call the client has reached the runtime under its runtime.v1 name, and nothing
+    // else did: the library's client makes read calls only.
+    let mut served = fake.state().calls.clone();
+    served.sort_unstable();
+    served.dedup();
+    let mut reads: Vec<&str> = ReadCall::ALL.iter().map(|c| c.name()).collect();
+    reads.sort_unstable();
+    assert_eq!(served, reads);
 }
 
 #[test]
@@ -946,6 +968,12 @@ fn fast_agent_over_cri() {
         "series removed within a tick\n{m}"
     );
     assert!(m.contains("sidecar_governor_proxies 2"), "{m}");
+
+    // a whole agent over CRI made read calls only
+    let calls = fake.state().calls.clone();
+    let reads: Vec<&str> = ReadCall::ALL.iter().map(|c| c.name()).collect();
+    assert!(calls.iter().all(|c| reads.contains(c)), "{calls:?}");
+    assert!(calls.contains(&"ContainerStatus"), "{calls:?}");
 
     // the runtime goes: procfs keeps governing, names kept, the source reported
     fake.stop();

@@ -23,7 +23,7 @@ use sidecar_governor::events::{self, EventReason, EventSink, PodEvent, RateLimit
 use sidecar_governor::journal::Journal;
 use sidecar_governor::policy::{MatchPolicy, Policy};
 use sidecar_governor::reload::{self, ReloadTiming, Reloader, policy_hash};
-use sidecar_governor::server::{ProxyView, Shared, router};
+use sidecar_governor::server::{ProxyView, Shared, admin_router};
 
 // ---------------------------------------------------------------------------------------------
 // A minimal node: one proxy container in the cgroupfs-driver layout, one envoy process.
@@ -577,7 +577,7 @@ async fn status_reads_the_real_debug_endpoint() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router(shared)).await.unwrap();
+        axum::serve(listener, admin_router(shared)).await.unwrap();
     });
     let status = sidecar_governor::status::fetch(&format!("http://{addr}"), Duration::from_secs(5))
         .await

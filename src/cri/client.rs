@@ -3,6 +3,14 @@
 //! the runtime as `grpc-timeout`), and [`CriError`]s that name the endpoint and the operation.
 //! Async; callers on plain threads drive it through a runtime of their own
 //! (see [`crate::discovery::cri`]).
+//!
+//! It makes only the read calls the agent uses — `Version`, `ListContainers`,
+//! `ListPodSandbox`, `ContainerStatus` and `GetContainerEvents` — and nothing else: no client
+//! for the rest of the service is generated into this crate (`build.rs` builds the server side
+//! only, for tests), so nothing linked into the agent can create, start, stop or remove a
+//! container or sandbox. The socket itself grants all of that to whoever can connect to it
+//! (see the README's security section); the test driver `examples/cri_driver.rs` carries its
+//! own lifecycle calls.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -11,19 +19,62 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Request, Status, Streaming};
+use tonic_prost::ProstCodec;
 use tower::service_fn;
 
 use super::first_existing;
-use super::proto::runtime_service_client::RuntimeServiceClient;
 use super::proto::{
-    Container, ContainerConfig, ContainerEventResponse, ContainerFilter, ContainerState,
-    ContainerStateValue, ContainerStatusRequest, ContainerStatusResponse, CreateContainerRequest,
-    GetEventsRequest, ListContainersRequest, ListPodSandboxRequest, PodSandbox, PodSandboxConfig,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest, VersionRequest, VersionResponse,
+    Container, ContainerEventResponse, ContainerFilter, ContainerState, ContainerStateValue,
+    ContainerStatusRequest, ContainerStatusResponse, GetEventsRequest, ListContainersRequest,
+    ListContainersResponse, ListPodSandboxRequest, ListPodSandboxResponse, PodSandbox,
+    VersionRequest, VersionResponse,
 };
+
+/// The calls this client makes: every one reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadCall {
+    Version,
+    ListContainers,
+    ListPodSandbox,
+    ContainerStatus,
+    GetContainerEvents,
+}
+
+impl ReadCall {
+    /// Every call the client can make.
+    pub const ALL: [ReadCall; 5] = [
+        ReadCall::Version,
+        ReadCall::ListContainers,
+        ReadCall::ListPodSandbox,
+        ReadCall::ContainerStatus,
+        ReadCall::GetContainerEvents,
+    ];
+
+    /// The RPC's name in `runtime.v1.RuntimeService`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadCall::Version => "Version",
+            ReadCall::ListContainers => "ListContainers",
+            ReadCall::ListPodSandbox => "ListPodSandbox",
+            ReadCall::ContainerStatus => "ContainerStatus",
+            ReadCall::GetContainerEvents => "GetContainerEvents",
+        }
+    }
+
+    /// The gRPC method path.
+    fn path(self) -> PathAndQuery {
+        PathAndQuery::from_static(match self {
+            ReadCall::Version => "/runtime.v1.RuntimeService/Version",
+            ReadCall::ListContainers => "/runtime.v1.RuntimeService/ListContainers",
+            ReadCall::ListPodSandbox => "/runtime.v1.RuntimeService/ListPodSandbox",
+            ReadCall::ContainerStatus => "/runtime.v1.RuntimeService/ContainerStatus",
+            ReadCall::GetContainerEvents => "/runtime.v1.RuntimeService/GetContainerEvents",
+        })
+    }
+}
 
 /// Responses larger than this are refused (kubelet allows 16 MiB too; a node with a thousand
 /// containers and their labels stays well below).
@@ -103,7 +154,7 @@ impl CriTarget {
 #[derive(Debug, Clone)]
 pub struct CriClient {
     endpoint: Arc<str>,
-    inner: RuntimeServiceClient<Channel>,
+    inner: tonic::client::Grpc<Channel>,
     timeout: Duration,
 }
 
@@ -130,7 +181,7 @@ impl CriClient {
         let channel = Endpoint::from_static("http://[::]:50051")
             .connect_timeout(timeout)
             .connect_with_connector_lazy(connector);
-        let inner = RuntimeServiceClient::new(channel)
+        let inner = tonic::client::Grpc::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         CriClient {
@@ -140,7 +191,7 @@ impl CriClient {
         }
     }
 
-    /// The same client with another call timeout (for slow lifecycle calls).
+    /// The same client with another call timeout.
     pub fn with_timeout(&self, timeout: Duration) -> CriClient {
         CriClient {
             timeout,
@@ -164,7 +215,25 @@ impl CriClient {
         request
     }
 
-    async fn call<T, F>(&self, op: &'static str, call: F) -> Result<T, CriError>
+    /// One unary read call, within the timeout.
+    async fn unary<Q, R>(&self, call: ReadCall, message: Q) -> Result<R, CriError>
+    where
+        Q: prost::Message + Send + Sync + 'static,
+        R: prost::Message + Default + Send + Sync + 'static,
+    {
+        let mut grpc = self.inner.clone();
+        let request = self.request(message);
+        let work = async move {
+            grpc.ready()
+                .await
+                .map_err(|e| Status::unavailable(format!("connect: {e}")))?;
+            grpc.unary(request, call.path(), ProstCodec::default())
+                .await
+        };
+        self.finish(call.name(), work).await
+    }
+
+    async fn finish<T, F>(&self, op: &'static str, call: F) -> Result<T, CriError>
     where
         F: Future<Output = Result<tonic::Response<T>, Status>>,
     {
@@ -197,11 +266,10 @@ impl CriClient {
 
     /// `Version`: the runtime's name and versions (also the cheapest "are you there?").
     pub async fn version(&self) -> Result<VersionResponse, CriError> {
-        let mut c = self.inner.clone();
-        let request = self.request(VersionRequest {
+        let request = VersionRequest {
             version: "v1".into(),
-        });
-        self.call("Version", c.version(request)).await
+        };
+        self.unary(ReadCall::Version, request).await
     }
 
     /// `ListContainers` with an optional filter.
@@ -209,12 +277,10 @@ impl CriClient {
         &self,
         filter: Option<ContainerFilter>,
     ) -> Result<Vec<Container>, CriError> {
-        let mut c = self.inner.clone();
-        let request = self.request(ListContainersRequest { filter });
-        Ok(self
-            .call("ListContainers", c.list_containers(request))
-            .await?
-            .containers)
+        let response: ListContainersResponse = self
+            .unary(ReadCall::ListContainers, ListContainersRequest { filter })
+            .await?;
+        Ok(response.containers)
     }
 
     /// `ListContainers` of the running containers only.
@@ -230,12 +296,13 @@ impl CriClient {
 
     /// `ListPodSandbox`, every sandbox.
     pub async fn list_pod_sandboxes(&self) -> Result<Vec<PodSandbox>, CriError> {
-        let mut c = self.inner.clone();
-        let request = self.request(ListPodSandboxRequest { filter: None });
-        Ok(self
-            .call("ListPodSandbox", c.list_pod_sandbox(request))
-            .await?
-            .items)
+        let response: ListPodSandboxResponse = self
+            .unary(
+                ReadCall::ListPodSandbox,
+                ListPodSandboxRequest { filter: None },
+            )
+            .await?;
+        Ok(response.items)
     }
 
     /// `ContainerStatus`; with `verbose` the runtime adds `info["info"]` (PID, OCI spec).
@@ -244,118 +311,37 @@ impl CriClient {
         container_id: &str,
         verbose: bool,
     ) -> Result<ContainerStatusResponse, CriError> {
-        let mut c = self.inner.clone();
-        let request = self.request(ContainerStatusRequest {
+        let request = ContainerStatusRequest {
             container_id: container_id.to_string(),
             verbose,
-        });
-        self.call("ContainerStatus", c.container_status(request))
-            .await
+        };
+        self.unary(ReadCall::ContainerStatus, request).await
     }
 
     /// `GetContainerEvents`: the runtime's event stream. No timeout: runtimes send the
     /// response headers only with the first event, so this may wait for as long as nothing
     /// happens on the node. Fails at once with `unimplemented` where it is not offered.
     pub async fn container_events(&self) -> Result<Streaming<ContainerEventResponse>, CriError> {
-        let mut c = self.inner.clone();
-        match c
-            .get_container_events(Request::new(GetEventsRequest {}))
+        let mut grpc = self.inner.clone();
+        let call = ReadCall::GetContainerEvents;
+        let opened = async {
+            grpc.ready()
+                .await
+                .map_err(|e| Status::unavailable(format!("connect: {e}")))?;
+            grpc.server_streaming(
+                Request::new(GetEventsRequest {}),
+                call.path(),
+                ProstCodec::default(),
+            )
             .await
-        {
+        };
+        match opened.await {
             Ok(response) => Ok(response.into_inner()),
             Err(status) => Err(CriError::Call {
                 endpoint: self.endpoint.to_string(),
-                op: "GetContainerEvents",
+                op: call.name(),
                 status: Box::new(status),
             }),
         }
-    }
-
-    /// `RunPodSandbox`: returns the sandbox ID.
-    pub async fn run_pod_sandbox(&self, config: PodSandboxConfig) -> Result<String, CriError> {
-        let mut c = self.inner.clone();
-        let request = self.request(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        });
-        Ok(self
-            .call("RunPodSandbox", c.run_pod_sandbox(request))
-            .await?
-            .pod_sandbox_id)
-    }
-
-    /// `StopPodSandbox`.
-    pub async fn stop_pod_sandbox(&self, pod_sandbox_id: &str) -> Result<(), CriError> {
-        let mut c = self.inner.clone();
-        let request = self.request(StopPodSandboxRequest {
-            pod_sandbox_id: pod_sandbox_id.to_string(),
-        });
-        self.call("StopPodSandbox", c.stop_pod_sandbox(request))
-            .await
-            .map(drop)
-    }
-
-    /// `RemovePodSandbox`.
-    pub async fn remove_pod_sandbox(&self, pod_sandbox_id: &str) -> Result<(), CriError> {
-        let mut c = self.inner.clone();
-        let request = self.request(RemovePodSandboxRequest {
-            pod_sandbox_id: pod_sandbox_id.to_string(),
-        });
-        self.call("RemovePodSandbox", c.remove_pod_sandbox(request))
-            .await
-            .map(drop)
-    }
-
-    /// `CreateContainer` in a sandbox: returns the container ID.
-    pub async fn create_container(
-        &self,
-        pod_sandbox_id: &str,
-        config: ContainerConfig,
-        sandbox_config: PodSandboxConfig,
-    ) -> Result<String, CriError> {
-        let mut c = self.inner.clone();
-        let request = self.request(CreateContainerRequest {
-            pod_sandbox_id: pod_sandbox_id.to_string(),
-            config: Some(config),
-            sandbox_config: Some(sandbox_config),
-        });
-        Ok(self
-            .call("CreateContainer", c.create_container(request))
-            .await?
-            .container_id)
-    }
-
-    /// `StartContainer`.
-    pub async fn start_container(&self, container_id: &str) -> Result<(), CriError> {
-        let mut c = self.inner.clone();
-        let request = self.request(StartContainerRequest {
-            container_id: container_id.to_string(),
-        });
-        self.call("StartContainer", c.start_container(request))
-            .await
-            .map(drop)
-    }
-
-    /// `StopContainer` with a grace period in seconds (0: kill at once).
-    pub async fn stop_container(&self, container_id: &str, grace: i64) -> Result<(), CriError> {
-        let mut c = self.inner.clone();
-        let request = self.request(StopContainerRequest {
-            container_id: container_id.to_string(),
-            timeout: grace,
-        });
-        self.call("StopContainer", c.stop_container(request))
-            .await
-            .map(drop)
-    }
-
-    /// `RemoveContainer`.
-    pub async fn remove_container(&self, container_id: &str) -> Result<(), CriError> {
-        let mut c = self.inner.clone();
-        let request = self.request(RemoveContainerRequest {
-            container_id: container_id.to_string(),
-        });
-        self.call("RemoveContainer", c.remove_container(request))
-            .await
-            .map(drop)
     }
 }

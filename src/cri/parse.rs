@@ -287,12 +287,6 @@ mod tests {
                 format!("kubepods/besteffort/pod{UID}/crio-{ID}"),
                 Layout::CrioCgroupfs,
             ),
-            // kubelet --cgroup-root=/custom
-            (
-                format!("/custom/kubepods/burstable/pod{UID}/{ID}"),
-                format!("custom/kubepods/burstable/pod{UID}/{ID}"),
-                Layout::ContainerdCgroupfs,
-            ),
         ];
         for (cgroups_path, want, layout) in cases {
             let rel = cgroups_path_to_rel(&cgroups_path).unwrap();
@@ -303,6 +297,14 @@ mod tests {
             assert_eq!(parsed.container_id, ID, "{cgroups_path}");
             assert_eq!(parsed.container_rel, rel);
         }
+        // kubelet --cgroup-root=/custom (kind's /kubelet): mapped, but outside the kubepods
+        // tree at the cgroup root, so never governed (issue 9, case 4).
+        let rel = cgroups_path_to_rel(&format!("/custom/kubepods/burstable/pod{UID}/{ID}"));
+        assert_eq!(
+            rel.as_deref(),
+            Some(format!("custom/kubepods/burstable/pod{UID}/{ID}").as_str())
+        );
+        assert_eq!(rel.as_deref().and_then(parse_container_path), None);
     }
 
     #[test]

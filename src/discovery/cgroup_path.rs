@@ -1,6 +1,11 @@
 //! Pure mapping between cgroup paths and Kubernetes identities: the pod UID and container ID
 //! in kubelet-made cgroup paths (containerd and CRI-O, systemd and cgroupfs drivers), and the
 //! resolution of a `/proc/PID/cgroup` line against the host's cgroup mount (design notes §3–4).
+//! Only kubelet's own tree counts: a pod cgroup is `kubepods.slice/[kubepods-<qos>.slice/]`
+//! `kubepods[-<qos>]-pod<uid>.slice` (systemd driver) or `kubepods/[<qos>/]pod<uid>`
+//! (cgroupfs driver), at the top of the cgroup root, `<qos>` being `burstable` or `besteffort`
+//! (Guaranteed pods have no level). A pod-shaped directory anywhere else
+//! (`system.slice/pod1234/<id>`) is not a pod, and its children are never governed.
 
 /// Which runtime/driver layout a container cgroup path has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -46,6 +51,68 @@ pub fn pod_uid_of(dir_name: &str) -> Option<String> {
     is_uid(uid).then(|| uid.to_string())
 }
 
+/// The QoS levels kubelet puts under `kubepods` (Guaranteed pods sit directly in it).
+const QOS_LEVELS: [&str; 2] = ["burstable", "besteffort"];
+
+/// The cgroup driver whose naming a pod cgroup path follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    Systemd,
+    Cgroupfs,
+}
+
+/// The pod UID of a kubelet pod cgroup path (relative to the cgroup root, split into its
+/// components), and the driver that named it; `None` unless the path is exactly a pod cgroup
+/// in kubelet's tree (see the module notes).
+fn kubelet_pod(parts: &[&str]) -> Option<(String, Driver)> {
+    match parts {
+        ["kubepods.slice", pod] => {
+            let uid = pod.strip_prefix("kubepods-pod")?.strip_suffix(".slice")?;
+            Some((systemd_uid(uid)?, Driver::Systemd))
+        }
+        ["kubepods.slice", level, pod] => {
+            let qos = level.strip_prefix("kubepods-")?.strip_suffix(".slice")?;
+            if !QOS_LEVELS.contains(&qos) {
+                return None;
+            }
+            let uid = pod
+                .strip_prefix("kubepods-")?
+                .strip_prefix(qos)?
+                .strip_prefix("-pod")?
+                .strip_suffix(".slice")?;
+            Some((systemd_uid(uid)?, Driver::Systemd))
+        }
+        ["kubepods", pod] => Some((cgroupfs_uid(pod)?, Driver::Cgroupfs)),
+        ["kubepods", qos, pod] if QOS_LEVELS.contains(qos) => {
+            Some((cgroupfs_uid(pod)?, Driver::Cgroupfs))
+        }
+        _ => None,
+    }
+}
+
+fn systemd_uid(underscored: &str) -> Option<String> {
+    let uid = underscored.replace('_', "-");
+    is_uid(&uid).then_some(uid)
+}
+
+fn cgroupfs_uid(dir_name: &str) -> Option<String> {
+    let uid = dir_name.strip_prefix("pod")?;
+    is_uid(uid).then(|| uid.to_string())
+}
+
+/// The pod UID of `rel` when it is a kubelet pod cgroup (relative to the cgroup root, no
+/// leading `/`, no `.` or `..`): the only pod cgroups whose `cpu.max` the agent may raise.
+pub fn parse_pod_path(rel: &str) -> Option<String> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return None;
+    }
+    kubelet_pod(&parts).map(|(uid, _)| uid)
+}
+
 fn is_uid(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
@@ -77,8 +144,9 @@ fn container_of(dir_name: &str) -> Option<(String, Layout)> {
 }
 
 /// Understands a container cgroup path (relative to the cgroup root). Returns `None` for
-/// anything that is not a container directly inside a kubelet pod cgroup — such cgroups are
-/// never governed. A crun `container` leaf maps to its `crio-<id>.scope` parent, where the
+/// anything that is not a container directly inside a kubelet pod cgroup under the kubepods
+/// tree, named as that pod's cgroup driver names containers — such cgroups are never
+/// governed. A crun `container` leaf maps to its `crio-<id>.scope` parent, where the
 /// limits live.
 pub fn parse_container_path(rel: &str) -> Option<ContainerPath> {
     let mut parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
@@ -96,7 +164,17 @@ pub fn parse_container_path(rel: &str) -> Option<ContainerPath> {
     if parts[parts.len() - 1].starts_with("crio-conmon-") {
         return None;
     }
-    let pod_uid = pod_uid_of(parts[parts.len() - 2])?;
+    if parts.iter().any(|p| *p == "." || *p == "..") {
+        return None;
+    }
+    let (pod_uid, driver) = kubelet_pod(&parts[..parts.len() - 1])?;
+    let systemd_leaf = matches!(
+        layout,
+        Layout::ContainerdSystemd | Layout::CrioSystemd | Layout::DockerSystemd
+    );
+    if systemd_leaf != (driver == Driver::Systemd) {
+        return None;
+    }
     Some(ContainerPath {
         container_rel: parts.join("/"),
         pod_rel: parts[..parts.len() - 1].join("/"),
@@ -229,6 +307,101 @@ mod tests {
             &format!("kubepods/burstable/pod{UID}/not-a-container"),
         ] {
             assert_eq!(parse_container_path(rel), None, "{rel}");
+        }
+    }
+
+    #[test]
+    fn pod_shaped_cgroups_outside_the_kubepods_tree_are_refused() {
+        let u = underscored();
+        for rel in [
+            // issue 9, case 4
+            format!("system.slice/pod1234/{ID}"),
+            format!("system.slice/pod{UID}/{ID}"),
+            format!("pod{UID}/{ID}"),
+            format!("kubepods-pod{u}.slice/cri-containerd-{ID}.scope"),
+            format!("user.slice/kubepods/burstable/pod{UID}/{ID}"),
+            format!("system.slice/kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{ID}.scope"),
+            format!("evil.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{ID}.scope"),
+            // a pod nested inside another pod, or under a level that is not a QoS class
+            format!("kubepods/burstable/pod{UID}/pod{UID}/{ID}"),
+            format!("kubepods/guaranteed/pod{UID}/{ID}"),
+            format!("kubepods/evil/pod{UID}/{ID}"),
+            format!(
+                "kubepods.slice/kubepods-evil.slice/kubepods-evil-pod{u}.slice/cri-containerd-{ID}.scope"
+            ),
+            // a systemd pod slice whose name does not follow its parent's
+            format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-besteffort-pod{u}.slice/cri-containerd-{ID}.scope"
+            ),
+            format!("kubepods.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{ID}.scope"),
+            format!(
+                "kubepods.slice/kubepods-burstable.slice/kubepods-pod{u}.slice/cri-containerd-{ID}.scope"
+            ),
+            // the drivers' names mixed
+            format!("kubepods/burstable/pod{UID}/cri-containerd-{ID}.scope"),
+            format!("kubepods.slice/kubepods-pod{u}.slice/{ID}"),
+            // climbing
+            format!("kubepods/burstable/../burstable/pod{UID}/{ID}"),
+        ] {
+            assert_eq!(parse_container_path(&rel), None, "{rel}");
+        }
+    }
+
+    #[test]
+    fn every_qos_level_of_both_drivers_is_accepted() {
+        let u = underscored();
+        for (rel, pod_rel) in [
+            (
+                format!("kubepods/pod{UID}/{ID}"),
+                format!("kubepods/pod{UID}"),
+            ),
+            (
+                format!("kubepods/burstable/pod{UID}/{ID}"),
+                format!("kubepods/burstable/pod{UID}"),
+            ),
+            (
+                format!("kubepods/besteffort/pod{UID}/crio-{ID}"),
+                format!("kubepods/besteffort/pod{UID}"),
+            ),
+            (
+                format!("kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{ID}.scope"),
+                format!("kubepods.slice/kubepods-pod{u}.slice"),
+            ),
+            (
+                format!(
+                    "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice/docker-{ID}.scope"
+                ),
+                format!(
+                    "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice"
+                ),
+            ),
+        ] {
+            let p = parse_container_path(&rel).unwrap_or_else(|| panic!("{rel}"));
+            assert_eq!(p.pod_rel, pod_rel);
+            assert_eq!(p.pod_uid, UID);
+            assert_eq!(p.container_id, ID);
+            assert_eq!(parse_pod_path(&pod_rel).as_deref(), Some(UID), "{pod_rel}");
+        }
+    }
+
+    #[test]
+    fn pod_paths_are_kubelet_pods_only() {
+        let u = underscored();
+        assert_eq!(
+            parse_pod_path(&format!("kubepods/burstable/pod{UID}")).as_deref(),
+            Some(UID)
+        );
+        for rel in [
+            format!("system.slice/pod{UID}"),
+            format!("pod{UID}"),
+            "kubepods/burstable".to_string(),
+            "kubepods.slice/kubepods-burstable.slice".to_string(),
+            format!("/kubepods/burstable/pod{UID}"),
+            format!("kubepods/burstable/pod{UID}/{ID}"),
+            format!("kubepods/./pod{UID}"),
+            format!("x.slice/kubepods-pod{u}.slice"),
+        ] {
+            assert_eq!(parse_pod_path(&rel), None, "{rel}");
         }
     }
 

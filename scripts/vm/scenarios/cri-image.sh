@@ -75,6 +75,7 @@ while read -r kind a b; do
 		case $a in
 		/etc/sidecar-governor) src=$(dirname "$SG_POLICY") ;;
 		/host/sys/fs/cgroup) src=$CG ;;
+		/host/sys/fs/cgroup/*) src=$CG/${a#/host/sys/fs/cgroup/} ;;
 		/host/proc) src=/proc ;;
 		/var/lib/sidecar-governor) src=$SG_STATE ;;
 		*) src=$a ;;
@@ -117,6 +118,10 @@ if sg_wait 15 agent_pid; then
 	sg_expect "agent seccomp mode (2: filter)" "$(awk '/^Seccomp:/ { print $2 }' "/proc/$apid/status")" 2
 	sg_expect "agent no_new_privs" "$(awk '/^NoNewPrivs:/ { print $2 }' "/proc/$apid/status")" 1
 	sg_check "agent's root filesystem is read-only" sh -c "awk '\$5 == \"/\" { print \$6 }' /proc/$apid/mountinfo | grep -q '^ro'"
+	# The manifest's cgroup mounts (issue 9): the tree read-only, kubelet's pod tree read-write.
+	sg_expect "agent's /host/sys/fs/cgroup mount" "$(awk '$5 == "/host/sys/fs/cgroup" { split($6, o, ","); print o[1] }' "/proc/$apid/mountinfo")" ro
+	sg_expect "agent's /host/sys/fs/cgroup/kubepods mount" "$(awk '$5 == "/host/sys/fs/cgroup/kubepods" { split($6, o, ","); print o[1] }' "/proc/$apid/mountinfo")" rw
+	sg_expect "agent's /host/sys/fs/cgroup/kubepods.slice mount (the systemd tree, empty here)" "$(awk '$5 == "/host/sys/fs/cgroup/kubepods.slice" { split($6, o, ","); print o[1] }' "/proc/$apid/mountinfo")" rw
 	sg_expect "agent shares the node's PID namespace" "$(readlink "/proc/$apid/ns/pid")" "$(readlink /proc/1/ns/pid)"
 	sg_expect "agent shares the node's network namespace" "$(readlink "/proc/$apid/ns/net")" "$(readlink /proc/1/ns/net)"
 	if [ "$(readlink "/proc/$apid/ns/cgroup")" != "$(readlink /proc/1/ns/cgroup)" ]; then
