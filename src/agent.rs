@@ -29,7 +29,7 @@ use crate::events::{EventReason, EventSink, NoEvents, PodEvent};
 use crate::journal::{Journal, JournalError};
 use crate::metrics::ErrorKind;
 use crate::ownership::{ContainerRecord, Owned};
-use crate::policy::{Mode, Policy};
+use crate::policy::{Mode, Policy, Standing};
 use crate::proxy::{CgroupIo, CpuPlan, CpuWrite, MemoryPlan, ProxyCore, Settings, StepOutcome};
 use crate::quantity::format_cpu_millis;
 use crate::sampler::{MemoryFiles, ProxyFiles};
@@ -54,6 +54,8 @@ struct Governed {
     /// `None` when memory is not governed or the cgroup has no memory controller files.
     mem_files: Option<MemoryFiles>,
     core: ProxyCore,
+    /// Why its pod's CPU annotations are refused now, if they are (logged when it changes).
+    refused: Option<String>,
     /// The proxy's own mode (namespace override or pod annotation): `DryRun` means no writes
     /// for this one; `Off` proxies are never governed.
     mode: Mode,
@@ -264,16 +266,15 @@ impl Agent {
     /// Many proxies wanting to grow at once is a config push: hold growth back briefly.
     fn hold_back_storm(&mut self, now: Instant, plans: &mut Vec<(String, CpuPlan)>) {
         let before = plans.len();
-        let governed = self.governed.len();
+        // Only sidecars the runtime vouches for count: another tenant's processes cannot
+        // make a storm that holds back someone else's proxies.
+        let governed = self
+            .governed
+            .values()
+            .filter(|g| g.proxy.runtime_identity)
+            .count();
         let p = &self.policy.cpu.push_storm;
-        let state = storm::hold_back(
-            &mut self.storm,
-            now,
-            plans,
-            CpuPlan::wants_growth,
-            governed,
-            p,
-        );
+        let state = storm::hold_back(&mut self.storm, now, plans, governed, p);
         if state == storm::Storm::Started {
             self.shared.metrics.push_storms.inc();
             warn!(
@@ -335,8 +336,23 @@ impl Agent {
         };
         let excluded = &self.policy.matching.exclude_namespaces;
         let policy = &self.policy;
+        // A proxy found by its process name alone could be anyone's: where a namespace rule
+        // could apply to it, it is left alone until the runtime identifies it.
+        let namespace_rules = !excluded.is_empty() || !policy.overrides.is_empty();
+        let mut unidentified = 0;
         let found: Vec<(Proxy, Mode)> = found
             .into_iter()
+            .filter(|p| {
+                let leave = !p.runtime_identity && namespace_rules;
+                if leave {
+                    unidentified += 1;
+                    debug!(
+                        cgroup = p.key,
+                        "no runtime identity and the policy has namespace rules; left alone"
+                    );
+                }
+                !leave
+            })
             .filter(|p| p.id.namespace.is_empty() || !excluded.contains(&p.id.namespace))
             .map(|p| {
                 let mode = policy.effective(&p.id.namespace, &p.control).mode;
@@ -354,6 +370,7 @@ impl Agent {
                 *mode != Mode::Off
             })
             .collect();
+        self.shared.metrics.unidentified_proxies.set(unidentified);
         let live: HashSet<&str> = found.iter().map(|(p, _)| p.key.as_str()).collect();
         let vanished: Vec<String> = self
             .governed
@@ -484,6 +501,7 @@ impl Agent {
                 files,
                 mem_files,
                 core: ProxyCore::new(mem_core),
+                refused: None,
                 mode,
                 proxy,
             },
@@ -639,16 +657,36 @@ impl Agent {
         else {
             return StepOutcome::default();
         };
-        // The proxy's own dry run and bounds (namespace override, pod annotations).
+        // The proxy's own dry run and bounds: its namespace's, its pod's annotations only
+        // narrowing them, growth above its own limit only with a runtime identity.
         let effective = self
             .policy
             .effective(&g.proxy.id.namespace, &g.proxy.control);
+        let standing = Standing {
+            runtime_identity: g.proxy.runtime_identity,
+            limit_millis: record.cpu_max.original.0.millis(),
+        };
+        let (cpu, refused) = effective.cpu_for(&g.proxy.control, standing);
+        if refused != g.refused {
+            if let Some(why) = &refused {
+                warn!(
+                    cgroup = key,
+                    namespace = g.proxy.id.namespace,
+                    pod = g.proxy.id.pod,
+                    error = why.as_str(),
+                    "pod annotation refused"
+                );
+                self.shared.metrics.error(ErrorKind::Annotation);
+            }
+            g.refused = refused;
+        }
         let settings = Settings {
-            cpu: &effective.cpu,
+            cpu: &cpu,
             memory: &self.policy.memory,
             dry_run: global_dry_run || g.mode == Mode::DryRun,
             concurrency: g.proxy.concurrency,
             conflict_backoff: self.policy.cpu.conflict_backoff,
+            runtime_identity: g.proxy.runtime_identity,
         };
         let mut io = CgroupIo {
             dir: &g.proxy.dir,

@@ -110,6 +110,8 @@ pub struct Metrics {
     registry: Registry,
     last_len: std::sync::atomic::AtomicUsize,
     pub proxies: Gauge,
+    /// Proxies found by process name alone and left alone (the policy has namespace rules).
+    pub unidentified_proxies: Gauge,
     pub actions: Family<ActionLabels, Counter>,
     pub cpu_quota_millicores: Family<ProxyLabels, FloatGauge>,
     pub cpu_original_millicores: Family<ProxyLabels, FloatGauge>,
@@ -148,6 +150,7 @@ impl Metrics {
             registry: Registry::default(),
             last_len: std::sync::atomic::AtomicUsize::new(0),
             proxies: Gauge::default(),
+            unidentified_proxies: Gauge::default(),
             actions: Family::default(),
             cpu_quota_millicores: Family::default(),
             cpu_original_millicores: Family::default(),
@@ -173,6 +176,11 @@ impl Metrics {
             events: Family::default(),
         };
         registry.register("proxies", "Proxies governed now", m.proxies.clone());
+        registry.register(
+            "unidentified_proxies",
+            "Proxies found by a process name alone and left alone until the runtime identifies them (the policy has namespace rules)",
+            m.unidentified_proxies.clone(),
+        );
         registry.register(
             "memory_high_bytes",
             "memory.high in force (planned, in dry run); +Inf when unlimited",

@@ -221,6 +221,7 @@ struct RawOverride {
 struct RawBounds {
     min: Option<Scalar>,
     max: Option<Scalar>,
+    allow_above_limit: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -310,6 +311,21 @@ pub struct NamespaceOverride {
     pub mode: Option<Mode>,
     pub cpu_min_millis: Option<u64>,
     pub cpu_max_millis: Option<u64>,
+    /// Grants or withholds `cpu.allowAboveLimit` in this namespace (the policy's otherwise).
+    /// Granting it trusts the namespace's pod authors with their pods' CPU.
+    pub allow_above_limit: Option<bool>,
+}
+
+/// What the agent knows of a proxy that bounds what the policy may grant it: a pod's author
+/// chooses its container names, process names, images and annotations, not its namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// Found through the runtime (CRI: its namespace, a container named in
+    /// `match.containerNames`, a proxy process in it), not by a process name alone.
+    pub runtime_identity: bool,
+    /// The container's own CPU limit (its original `cpu.max`) in millicores; `None` =
+    /// unlimited.
+    pub limit_millis: Option<u64>,
 }
 
 /// Per-pod settings from the pod's annotations (read from the CRI sandbox), already
@@ -393,7 +409,51 @@ impl PodControl {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effective {
     pub mode: Mode,
+    /// The namespace's tuning (the policy's after the namespace's override).
     pub cpu: CpuPolicy,
+}
+
+impl Effective {
+    /// The CPU tuning of one proxy of this namespace: growth above the container's own
+    /// limit only with a runtime identity (and the namespace's grant), and the pod's
+    /// annotations narrowing the bounds — only within [the namespace's floor, the lower of the
+    /// container's own limit and the namespace's ceiling]. Annotations outside that range are
+    /// refused whole: the pod runs on the namespace's settings and the reason is returned.
+    pub fn cpu_for(&self, control: &PodControl, standing: Standing) -> (CpuPolicy, Option<String>) {
+        let mut cpu = self.cpu.clone();
+        cpu.allow_above_limit &= standing.runtime_identity;
+        let lo = cpu.min_millis;
+        let hi = standing
+            .limit_millis
+            .map_or(cpu.max_millis, |l| l.min(cpu.max_millis));
+        let asked = [
+            (ANNOTATION_CPU_MIN, control.cpu_min_millis),
+            (ANNOTATION_CPU_MAX, control.cpu_max_millis),
+        ];
+        for (name, value) in asked {
+            if let Some(v) = value
+                && !(lo..=hi).contains(&v)
+            {
+                return (
+                    cpu,
+                    Some(format!(
+                        "{name}={} is outside {}..{} (the policy's floor to the container's own limit or the namespace's ceiling); the pod runs on its namespace's settings",
+                        format_cpu_millis(v),
+                        format_cpu_millis(lo),
+                        format_cpu_millis(hi)
+                    )),
+                );
+            }
+        }
+        if let Some(v) = control.cpu_min_millis {
+            cpu.min_millis = cpu.min_millis.max(v);
+        }
+        if let Some(v) = control.cpu_max_millis {
+            cpu.max_millis = cpu.max_millis.min(v);
+        }
+        cpu.min_millis = cpu.min_millis.min(cpu.max_millis);
+        (cpu, None)
+    }
 }
 
 /// Which processes and containers are proxies.
@@ -1073,6 +1133,7 @@ impl Policy {
                 mode,
                 cpu_min_millis,
                 cpu_max_millis,
+                allow_above_limit: bounds.allow_above_limit,
             });
         }
         out
@@ -1086,11 +1147,12 @@ impl Policy {
         self.overrides.iter().find(|o| o.namespace == namespace)
     }
 
-    /// The mode and CPU bounds for a proxy in `namespace` with the pod's `control`. The most
-    /// specific setting wins for the mode (pod annotation, then namespace override, then `on`);
-    /// a namespace override replaces the policy's CPU bounds; pod annotations only narrow them
-    /// (a floor above the ceiling is lowered to it). The agent's global dry run (`dryRun` or
-    /// `--dry-run`) is applied on top by the agent and wins over every mode but `off`.
+    /// The mode and the namespace's CPU tuning for a proxy in `namespace` with the pod's
+    /// `control`. The most specific setting wins for the mode (pod annotation, then namespace
+    /// override, then `on`); a namespace override replaces the policy's CPU bounds and may
+    /// grant or withhold `allowAboveLimit`. The pod's CPU annotations are applied per proxy by
+    /// [`Effective::cpu_for`]. The agent's global dry run (`dryRun` or `--dry-run`) is applied
+    /// on top by the agent and wins over every mode but `off`.
     pub fn effective(&self, namespace: &str, control: &PodControl) -> Effective {
         let mut cpu = self.cpu.clone();
         let mut mode = Mode::On;
@@ -1098,15 +1160,9 @@ impl Policy {
             mode = o.mode.unwrap_or(mode);
             cpu.min_millis = o.cpu_min_millis.unwrap_or(cpu.min_millis);
             cpu.max_millis = o.cpu_max_millis.unwrap_or(cpu.max_millis);
+            cpu.allow_above_limit = o.allow_above_limit.unwrap_or(cpu.allow_above_limit);
         }
         mode = control.mode.unwrap_or(mode);
-        if let Some(v) = control.cpu_min_millis {
-            cpu.min_millis = cpu.min_millis.max(v);
-        }
-        if let Some(v) = control.cpu_max_millis {
-            cpu.max_millis = cpu.max_millis.min(v);
-        }
-        cpu.min_millis = cpu.min_millis.min(cpu.max_millis);
         Effective { mode, cpu }
     }
 
@@ -1422,36 +1478,92 @@ cpu:
         );
     }
 
+    const RUNTIME: Standing = Standing {
+        runtime_identity: true,
+        limit_millis: Some(2000),
+    };
+
     #[test]
-    fn annotations_narrow_and_pick_the_mode() {
+    fn annotations_narrow_within_the_floor_and_the_containers_own_limit() {
         let p = Policy::from_yaml(
-            "cpu: {min: 100m, max: \"2\"}\noverrides:\n  - namespace: payments\n    mode: dry-run\n    cpu: {max: \"1\"}\n",
+            "cpu: {min: 100m, max: \"4\"}\noverrides:\n  - namespace: payments\n    mode: dry-run\n    cpu: {max: \"1\"}\n",
         )
         .unwrap();
         let pod = PodControl {
             mode: Some(Mode::On),
             cpu_min_millis: Some(300),
-            cpu_max_millis: Some(1500),
+            cpu_max_millis: Some(800),
         };
-        let e = p.effective("payments", &pod);
         // the pod's mode is the most specific; its bounds only narrow
+        let e = p.effective("payments", &pod);
         assert_eq!(e.mode, Mode::On);
-        assert_eq!((e.cpu.min_millis, e.cpu.max_millis), (300, 1000));
-        let e = p.effective("shop", &pod);
-        assert_eq!((e.cpu.min_millis, e.cpu.max_millis), (300, 1500));
-        // a floor above the ceiling is lowered to it
-        let high = PodControl {
-            cpu_min_millis: Some(3000),
-            ..PodControl::default()
+        let (cpu, refused) = e.cpu_for(&pod, RUNTIME);
+        assert_eq!((cpu.min_millis, cpu.max_millis, refused), (300, 800, None));
+        // Out of range, refused whole (the namespace's settings apply): above the namespace's
+        // ceiling, above the container's own limit, below the policy's floor.
+        let cases = [
+            ("payments", Some(300), Some(1500), RUNTIME, (100, 1000)),
+            ("shop", Some(3000), None, RUNTIME, (100, 4000)),
+            ("shop", None, Some(2500), RUNTIME, (100, 4000)),
+            ("shop", Some(50), None, RUNTIME, (100, 4000)),
+        ];
+        for (ns, min, max, standing, want) in cases {
+            let pod = PodControl {
+                cpu_min_millis: min,
+                cpu_max_millis: max,
+                ..PodControl::default()
+            };
+            let (cpu, refused) = p.effective(ns, &pod).cpu_for(&pod, standing);
+            assert_eq!(
+                (cpu.min_millis, cpu.max_millis),
+                want,
+                "{ns} {min:?} {max:?}"
+            );
+            let why = refused.unwrap_or_else(|| panic!("{ns} {min:?} {max:?} not refused"));
+            assert!(
+                why.contains("the pod runs on its namespace's settings"),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn growth_above_the_limit_needs_a_runtime_identity_and_the_namespaces_grant() {
+        let p = Policy::from_yaml(
+            "cpu: {allowAboveLimit: true}\noverrides:\n  - namespace: tenants\n    cpu: {allowAboveLimit: false}\n  - namespace: mesh\n    cpu: {allowAboveLimit: true}\n",
+        )
+        .unwrap();
+        let none = PodControl::default();
+        let by_name = Standing {
+            runtime_identity: false,
+            limit_millis: Some(100),
         };
-        let e = p.effective("payments", &high);
-        assert_eq!((e.cpu.min_millis, e.cpu.max_millis), (1000, 1000));
-        // a pod can only lower the ceiling, not raise it
-        let wide = PodControl {
-            cpu_max_millis: Some(8000),
-            ..PodControl::default()
-        };
-        assert_eq!(p.effective("shop", &wide).cpu.max_millis, 2000);
+        let allowed =
+            |ns: &str, s: Standing| p.effective(ns, &none).cpu_for(&none, s).0.allow_above_limit;
+        assert!(allowed("mesh", RUNTIME));
+        assert!(
+            allowed("shop", RUNTIME),
+            "the policy's grant where no override says"
+        );
+        assert!(!allowed("tenants", RUNTIME), "withheld by the namespace");
+        assert!(!allowed("mesh", by_name), "never by a process name alone");
+        assert!(!allowed("", by_name));
+        let q = Policy::from_yaml(
+            "overrides:\n  - namespace: mesh\n    cpu: {allowAboveLimit: true}\n",
+        )
+        .unwrap();
+        assert!(
+            q.effective("mesh", &none)
+                .cpu_for(&none, RUNTIME)
+                .0
+                .allow_above_limit
+        );
+        assert!(
+            !q.effective("shop", &none)
+                .cpu_for(&none, RUNTIME)
+                .0
+                .allow_above_limit
+        );
     }
 
     /// `a.b.c: value` as nested YAML.

@@ -37,14 +37,16 @@ pub struct CpuBounds {
 impl CpuBounds {
     /// Policy bounds narrowed by the container's original limit (`None` = unlimited): never
     /// above the original, and a floor that never exceeds the ceiling.
-    /// With `allowAboveLimit` the original does not cap the ceiling (the pod cgroup is raised).
+    /// With `allowAboveLimit` the original does not cap the ceiling (the pod cgroup is raised)
+    /// but still caps the floor: an idle proxy never holds more than its own limit.
     pub fn new(policy: &CpuPolicy, original_millis: Option<u64>) -> CpuBounds {
         let ceiling = match original_millis {
             Some(o) if !policy.allow_above_limit => o.min(policy.max_millis),
             _ => policy.max_millis,
         };
+        let floor = policy.min_millis.min(ceiling);
         CpuBounds {
-            floor: policy.min_millis.min(ceiling),
+            floor: original_millis.map_or(floor, |o| floor.min(o)),
             ceiling,
         }
     }

@@ -5,7 +5,7 @@
 //! mistaken for a new storm. [`hold_back`] applies it to one tick's plans; the agent's loop
 //! and the simulator both call it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use crate::policy::PushStormPolicy;
@@ -24,6 +24,8 @@ pub enum Storm {
 #[derive(Debug, Default)]
 pub struct StormDetector {
     wanted: HashMap<String, Instant>,
+    /// Proxies whose growth was held back at the last tick.
+    held: HashSet<String>,
     grace_until: Option<Instant>,
     cool_until: Option<Instant>,
 }
@@ -64,25 +66,42 @@ impl StormDetector {
     }
 }
 
-/// Observes one tick's plans of `governed` proxies (keyed) of which `wants_growth` tells
-/// those growing for their load, and drops that growth while a push storm holds it back.
-/// Returns what this tick is, storm-wise.
-pub fn hold_back<T>(
+/// What the push-storm rule needs to know of one proxy's plan.
+pub trait StormCandidate {
+    /// Grows the proxy for its load (what a storm holds back).
+    fn wants_growth(&self) -> bool;
+    /// Counts toward a storm (a proxy whose identity the runtime vouches for).
+    fn counts(&self) -> bool;
+    /// Throttled hard now: held back for one tick at most.
+    fn urgent(&self) -> bool;
+}
+
+/// Observes one tick's plans (keyed by proxy) of a node with `verified` proxies that count,
+/// and drops the growth a push storm holds back — except an urgent proxy's that was already
+/// held last tick: nobody is throttled hard for longer than one tick by a storm. Returns
+/// what this tick is, storm-wise.
+pub fn hold_back<T: StormCandidate>(
     detector: &mut StormDetector,
     now: Instant,
     plans: &mut Vec<(String, T)>,
-    wants_growth: impl Fn(&T) -> bool,
-    governed: usize,
+    verified: usize,
     p: &PushStormPolicy,
 ) -> Storm {
     let wanting: Vec<&str> = plans
         .iter()
-        .filter(|(_, plan)| wants_growth(plan))
+        .filter(|(_, plan)| plan.wants_growth() && plan.counts())
         .map(|(k, _)| k.as_str())
         .collect();
-    let storm = detector.observe(now, &wanting, governed, p);
+    let storm = detector.observe(now, &wanting, verified, p);
+    let held_before = std::mem::take(&mut detector.held);
     if storm != Storm::Calm {
-        plans.retain(|(_, plan)| !wants_growth(plan));
+        plans.retain(|(key, plan)| {
+            let held = plan.wants_growth() && !(plan.urgent() && held_before.contains(key));
+            if held {
+                detector.held.insert(key.clone());
+            }
+            !held
+        });
     }
     storm
 }
@@ -140,5 +159,96 @@ mod tests {
         let t0 = Instant::now();
         // Two of two proxies is 100% of the node but fewer than minProxies (3).
         assert_eq!(d.observe(t0, &["a", "b"], 2, &p()), Storm::Calm);
+    }
+}
+
+#[cfg(test)]
+mod hold_back_tests {
+    use super::*;
+    use crate::policy::Policy;
+    use std::time::Duration;
+
+    #[derive(Debug, Clone, Copy)]
+    struct Plan {
+        grow: bool,
+        counts: bool,
+        urgent: bool,
+    }
+
+    impl StormCandidate for Plan {
+        fn wants_growth(&self) -> bool {
+            self.grow
+        }
+        fn counts(&self) -> bool {
+            self.counts
+        }
+        fn urgent(&self) -> bool {
+            self.urgent
+        }
+    }
+
+    fn plans(n: usize, plan: Plan, prefix: &str) -> Vec<(String, Plan)> {
+        (0..n).map(|i| (format!("{prefix}{i}"), plan)).collect()
+    }
+
+    const SPIKE: Plan = Plan {
+        grow: true,
+        counts: true,
+        urgent: false,
+    };
+
+    #[test]
+    fn processes_without_a_runtime_identity_make_no_storm() {
+        let p = Policy::default().cpu.push_storm;
+        let mut d = StormDetector::default();
+        let by_name = Plan {
+            counts: false,
+            ..SPIKE
+        };
+        let mut tick = plans(3, by_name, "app");
+        let victim = Plan {
+            urgent: true,
+            ..SPIKE
+        };
+        tick.push(("victim".into(), victim));
+        // Three processes named envoy and one real sidecar out of four verified sidecars.
+        assert_eq!(
+            hold_back(&mut d, Instant::now(), &mut tick, 4, &p),
+            Storm::Calm
+        );
+        assert!(tick.iter().any(|(k, _)| k == "victim"), "the victim grows");
+    }
+
+    #[test]
+    fn a_hard_throttled_proxy_is_held_one_tick_at_most() {
+        let p = Policy::default().cpu.push_storm;
+        let mut d = StormDetector::default();
+        let t0 = Instant::now();
+        let urgent = Plan {
+            urgent: true,
+            ..SPIKE
+        };
+        let mut tick = plans(5, SPIKE, "p");
+        tick.push(("victim".into(), urgent));
+        assert_eq!(hold_back(&mut d, t0, &mut tick, 6, &p), Storm::Started);
+        assert!(tick.is_empty(), "all growth held at the storm's first tick");
+        // Next tick, still in the grace period: the hard-throttled one grows, the rest wait.
+        let mut tick = plans(5, SPIKE, "p");
+        tick.push(("victim".into(), urgent));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(hold_back(&mut d, t1, &mut tick, 6, &p), Storm::Ongoing);
+        let keys: Vec<&str> = tick.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, vec!["victim"]);
+        // Shrinks and policy moves are never held.
+        let mut tick = vec![(
+            "p0".to_string(),
+            Plan {
+                grow: false,
+                ..SPIKE
+            },
+        )];
+        let t2 = t0 + Duration::from_secs(2);
+        assert_eq!(hold_back(&mut d, t2, &mut tick, 6, &p), Storm::Ongoing);
+        assert_eq!(tick.len(), 1);
     }
 }

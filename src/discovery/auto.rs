@@ -22,6 +22,7 @@ use crate::policy::{MatchPolicy, PodControl};
 #[derive(Debug, Clone)]
 struct Known {
     id: Identity,
+    runtime_identity: bool,
     control: PodControl,
     control_errors: Vec<String>,
     started_at_ms: Option<u64>,
@@ -31,6 +32,7 @@ impl Known {
     fn of(p: &Proxy) -> Known {
         Known {
             id: p.id.clone(),
+            runtime_identity: p.runtime_identity,
             control: p.control,
             control_errors: p.control_errors.clone(),
             started_at_ms: p.started_at_ms,
@@ -39,6 +41,7 @@ impl Known {
 
     fn apply(&self, p: &mut Proxy) {
         p.id = self.id.clone();
+        p.runtime_identity = self.runtime_identity;
         p.control = self.control;
         p.control_errors = self.control_errors.clone();
         p.started_at_ms = self.started_at_ms;

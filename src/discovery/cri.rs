@@ -447,6 +447,8 @@ impl Discovery for CriDiscovery {
             }
             // The runtime's ID is the full one; the cgroup name may be the same or a prefix.
             proxy.id.container_id = c.id.clone();
+            // A candidate by its runtime container name, with a proxy process in it.
+            proxy.runtime_identity = !proxy.id.namespace.is_empty();
             proxy.control = control;
             proxy.control_errors = control_errors;
             proxy.started_at_ms = cached.started_at_ms;

@@ -28,6 +28,10 @@ pub struct Proxy {
     /// Namespace, pod, container (empty when the source does not know them: procfs), pod
     /// UID and container ID.
     pub id: Identity,
+    /// Found through the runtime (CRI: its namespace, a container named in
+    /// `match.containerNames`, a proxy process in it), not by a process name alone. Only such
+    /// a proxy may be granted anything beyond its own limit; see `policy::Standing`.
+    pub runtime_identity: bool,
     pub layout: Layout,
     /// The proxy process found (its comm) and its PID.
     pub process: String,

@@ -192,6 +192,7 @@ impl ProcfsDiscovery {
                 container_id: path.container_id,
                 ..Identity::default()
             },
+            runtime_identity: false,
             layout: path.layout,
             process: comm.to_string(),
             pid: pid.parse().unwrap_or_default(),

@@ -24,8 +24,9 @@ mod memory;
 use std::time::{Duration, Instant};
 
 use crate::cgroup::{CgroupError, CpuMax};
+use crate::controller::storm::StormCandidate;
 use crate::controller::{
-    CpuBounds, CpuDecision, CpuObservation, CpuState, Direction, MemoryAction, decide_cpu,
+    CpuBounds, CpuDecision, CpuObservation, CpuState, Direction, MemoryAction, Reason, decide_cpu,
 };
 use crate::events::EventReason;
 use crate::ownership::{ContainerRecord, CpuMaxValue, Found, Limit};
@@ -49,6 +50,9 @@ pub struct Settings<'a> {
     pub concurrency: Option<u32>,
     /// How long to leave the proxy alone after someone else changed one of its files.
     pub conflict_backoff: Duration,
+    /// Found through the runtime, not by a process name alone: only such proxies count
+    /// toward a push storm (one tenant's processes cannot hold another's sidecars back).
+    pub runtime_identity: bool,
 }
 
 /// A CPU decision of one proxy, waiting for the cross-proxy checks before it is staged.
@@ -64,15 +68,13 @@ pub struct CpuPlan {
     pub burst_ratio: f64,
     /// `cpu.allowAboveLimit`: the container may go above its own limit (the pod is raised).
     pub above_limit: bool,
+    /// Counts toward a push storm (a proxy with a runtime identity).
+    pub counts_in_storms: bool,
+    /// Throttled beyond `cpu.throttledRatio`: a storm holds it back one tick at most.
+    pub throttled: bool,
 }
 
 impl CpuPlan {
-    /// True when the plan grows the proxy for its load (what a push storm holds back).
-    pub fn wants_growth(&self) -> bool {
-        self.decision.direction == Direction::Up
-            && self.decision.reason != crate::controller::Reason::Policy
-    }
-
     /// The Kubernetes Event this action is worth, if any, about `container`.
     pub fn event(&self, container: &str) -> Option<(EventReason, String)> {
         let to = self.decision.quota_millis;
@@ -110,6 +112,20 @@ impl CpuPlan {
             to: format_cpu_millis(self.decision.quota_millis),
             at: now_unix(),
         }
+    }
+}
+
+impl StormCandidate for CpuPlan {
+    fn wants_growth(&self) -> bool {
+        self.decision.direction == Direction::Up && self.decision.reason != Reason::Policy
+    }
+
+    fn counts(&self) -> bool {
+        self.counts_in_storms
+    }
+
+    fn urgent(&self) -> bool {
+        self.throttled
     }
 }
 
@@ -302,6 +318,8 @@ impl ProxyCore {
             dry_run: s.dry_run,
             burst_ratio: s.cpu.burst_ratio,
             above_limit: s.cpu.allow_above_limit,
+            counts_in_storms: s.runtime_identity,
+            throttled: obs.throttled_ratio > s.cpu.throttled_ratio,
         });
         (outside, plan)
     }

@@ -162,6 +162,7 @@ impl Proxy {
             dry_run: self.dry_run,
             concurrency: None,
             conflict_backoff: self.policy.cpu.conflict_backoff,
+            runtime_identity: true,
         };
         let out = self
             .core

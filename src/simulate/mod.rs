@@ -215,6 +215,7 @@ impl<'a> Runner<'a> {
             dry_run: false,
             concurrency: self.trace.concurrency,
             conflict_backoff: policy.cpu.conflict_backoff,
+            runtime_identity: true,
         };
         let mut io = ModelIo {
             model: &mut self.model,
@@ -327,10 +328,16 @@ pub fn simulate(
     let base = Instant::now();
     let mut tick_us = 0u64;
     let mut storms = StormDetector::default();
+    let index: std::collections::HashMap<&str, usize> = trace
+        .proxies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i))
+        .collect();
     let mut push_storms = 0u64;
     while tick_us <= trace.end_us {
         let at = base + Duration::from_micros(tick_us);
-        let mut cpu_plans: Vec<(String, (usize, CpuPlan))> = Vec::new();
+        let mut cpu_plans: Vec<(String, CpuPlan)> = Vec::new();
         let mut memory_plans = Vec::new();
         let mut governed = 0;
         for (i, r) in runners.iter_mut().enumerate() {
@@ -341,7 +348,7 @@ pub fn simulate(
             governed += usize::from(r.governed);
             let (cpu, memory) = r.step(at, policy);
             if let Some(p) = cpu {
-                cpu_plans.push((r.trace.name.clone(), (i, p)));
+                cpu_plans.push((r.trace.name.clone(), p));
             }
             if let Some(p) = memory {
                 memory_plans.push((i, p));
@@ -351,13 +358,14 @@ pub fn simulate(
             &mut storms,
             at,
             &mut cpu_plans,
-            |(_, p)| p.wants_growth(),
             governed,
             &policy.cpu.push_storm,
         );
         push_storms += u64::from(state == storm::Storm::Started);
-        for (_, (i, plan)) in cpu_plans {
-            runners[i].apply_cpu(plan, policy);
+        for (name, plan) in cpu_plans {
+            if let Some(&i) = index.get(name.as_str()) {
+                runners[i].apply_cpu(plan, policy);
+            }
         }
         for (i, plan) in memory_plans {
             runners[i].apply_memory(&plan, at, policy);
