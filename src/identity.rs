@@ -5,23 +5,12 @@
 //! from the cgroup path).
 
 use prometheus_client::encoding::EncodeLabelSet;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// A proxy container's identity. As metric labels it is bounded by the node's containers.
 #[derive(
-    Clone,
-    Debug,
-    Default,
-    Hash,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    EncodeLabelSet,
-    Serialize,
-    Deserialize,
+    Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet, Serialize,
 )]
-#[serde(rename_all = "camelCase")]
 pub struct Identity {
     pub namespace: String,
     pub pod: String,

@@ -26,7 +26,8 @@ pub struct Proxy {
     /// The pod cgroup directory (the container's parent).
     pub pod_dir: PathBuf,
     /// Namespace, pod, container (empty when the source does not know them: procfs), pod
-    /// UID and container ID.
+    /// UID and container ID (flat in `discover --output json`).
+    #[serde(flatten)]
     pub id: Identity,
     /// Found through the runtime (CRI: its namespace, a container named in
     /// `match.containerNames`, a proxy process in it), not by a process name alone. Only such
@@ -129,6 +130,38 @@ pub fn is_gateway_args<'a>(args: impl IntoIterator<Item = &'a str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn discover_json_keeps_the_identity_flat() {
+        let p = Proxy {
+            key: "kubepods/podu/c".into(),
+            dir: "/sys/fs/cgroup/kubepods/podu/c".into(),
+            pod_dir: "/sys/fs/cgroup/kubepods/podu".into(),
+            id: Identity {
+                namespace: "shop".into(),
+                pod: "cart".into(),
+                container: "istio-proxy".into(),
+                pod_uid: "u".into(),
+                container_id: "c".into(),
+            },
+            layout: Layout::ContainerdCgroupfs,
+            process: "envoy".into(),
+            pid: 7,
+            concurrency: None,
+            control: PodControl::default(),
+            control_errors: Vec::new(),
+            started_at_ms: None,
+        };
+        let v = serde_json::to_value(&p).unwrap();
+        for (k, want) in [
+            ("namespace", "shop"),
+            ("pod_uid", "u"),
+            ("container_id", "c"),
+        ] {
+            assert_eq!(v[k], want, "{v}");
+        }
+        assert!(v.get("id").is_none(), "{v}");
+    }
 
     #[test]
     fn concurrency_forms() {
