@@ -147,6 +147,7 @@ impl Discovery for Named {
             p.id.namespace = "shop".into();
             p.id.pod = "cart-0".into();
             p.id.container = "istio-proxy".into();
+            p.runtime_identity = true;
         }
         Ok(found)
     }

@@ -144,6 +144,7 @@ mod tests {
                 pod_uid: "u".into(),
                 container_id: "c".into(),
             },
+            runtime_identity: true,
             layout: Layout::ContainerdCgroupfs,
             process: "envoy".into(),
             pid: 7,

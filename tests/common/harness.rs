@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 use super::{Container, Node};
 use sidecar_governor::agent::Agent;
 use sidecar_governor::discovery::procfs::ProcfsDiscovery;
+use sidecar_governor::discovery::{Discovery, DiscoveryError, Proxy, Source};
 use sidecar_governor::journal::Journal;
 use sidecar_governor::policy::Policy;
+use sidecar_governor::policy::{MatchPolicy, PodControl};
 use sidecar_governor::server::Shared;
 
 /// Two cores, Istio's default sidecar limit.
@@ -22,16 +24,73 @@ pub struct Harness {
     pub now: Instant,
 }
 
+/// procfs discovery standing in for the runtime: every proxy found has a runtime identity
+/// (what CRI discovery vouches for; the real CRI path is tested by `cri_fast` and the VM).
+/// `namespace` and `control` are what CRI would read from the pod's sandbox.
+#[derive(Debug)]
+pub struct Vouched {
+    pub inner: ProcfsDiscovery,
+    pub namespace: String,
+    pub control: PodControl,
+}
+
+impl Discovery for Vouched {
+    fn discover(&mut self, rules: &MatchPolicy) -> Result<Vec<Proxy>, DiscoveryError> {
+        let mut found = self.inner.discover(rules)?;
+        for p in &mut found {
+            p.runtime_identity = true;
+            p.id.namespace.clone_from(&self.namespace);
+            p.control = self.control;
+        }
+        Ok(found)
+    }
+    fn source(&self) -> Source {
+        self.inner.source()
+    }
+}
+
 impl Harness {
+    /// The agent over `node`, its proxies identified as the runtime would.
     pub fn new(node: &Node, policy: Policy, dry_run: bool) -> Harness {
+        Self::vouched(node, policy, dry_run, "", PodControl::default())
+    }
+
+    /// The agent over `node`, its proxies identified as the runtime would, in `namespace`,
+    /// their pods annotated with `control`.
+    pub fn vouched(
+        node: &Node,
+        policy: Policy,
+        dry_run: bool,
+        namespace: &str,
+        control: PodControl,
+    ) -> Harness {
+        let discovery = Vouched {
+            inner: ProcfsDiscovery::new(&node.proc, &node.cgroup),
+            namespace: namespace.to_string(),
+            control,
+        };
+        Self::with(node, policy, dry_run, Box::new(discovery))
+    }
+
+    /// The agent over `node` finding proxies by their process names alone (procfs).
+    pub fn by_process_name(node: &Node, policy: Policy) -> Harness {
+        let discovery = ProcfsDiscovery::new(&node.proc, &node.cgroup);
+        Self::with(node, policy, false, Box::new(discovery))
+    }
+
+    fn with(
+        node: &Node,
+        policy: Policy,
+        dry_run: bool,
+        discovery: Box<dyn sidecar_governor::agent::DiscoveryDebug>,
+    ) -> Harness {
         let journal = Journal::load(&node.state).unwrap();
         let shared = Arc::new(Shared::default());
-        let discovery = ProcfsDiscovery::new(&node.proc, &node.cgroup);
         let agent = Agent::new(
             node.cgroup.clone(),
             policy,
             dry_run,
-            Box::new(discovery),
+            discovery,
             journal,
             shared.clone(),
         );

@@ -1,14 +1,15 @@
 #!/bin/sh
 # shellcheck shell=dash
-# Issue 4, real kernel: a config push. Four idle proxies (four pods, limit 500m each) sit at the
-# floor (100m); then all four start spinning within the same 200 ms (one shared control file,
-# written right after an agent tick, so the whole spike lands in one tick). Policy defaults for
-# cpu.pushStorm (minProxies 3, fraction 0.5, window 3s, grace 10s). Asserted:
-#   - /metrics sidecar_governor_push_storms_total becomes 1;
-#   - during the grace period no proxy's cpu.max is raised (the kernel files, every 250 ms);
-#   - after it, the proxies still spinning grow (all four cpu.max above the floor);
-#   - still exactly one storm counted (the cool-down keeps the same hot proxies from counting
-#     as a new storm).
+# Issues 4 and 9, real kernel: a spike that looks like a config push. Four idle proxies (four
+# pods, limit 500m each) sit at the floor (100m); then all four start spinning within the same
+# 200 ms (one shared control file, written right after an agent tick, so the whole spike lands
+# in one tick). Policy defaults for cpu.pushStorm (minProxies 3, fraction 0.5, window 3s,
+# grace 10s). The agent finds them through procfs, by their process names alone: such proxies
+# could be any tenant's apps named envoy, so they count toward no storm. Asserted:
+#   - every proxy grows within 4 s of the spike (nothing held back for the grace period);
+#   - sidecar_governor_push_storms_total stays 0.
+# Storm absorption among sidecars the runtime identifies is tested on fixtures
+# (tests/agent_fixture.rs: held one tick, a hard-throttled proxy no longer).
 set -eu
 . /sg/lib.sh
 . /sg/mem-lib.sh
@@ -66,36 +67,22 @@ done
 echo spin >"$CTL"
 ts=$(sg_now_ms)
 sg_log "all four proxies told to spin"
-storm_counted() { [ "$(sg_metric sidecar_governor_push_storms_total)" = 1 ]; }
-if sg_wait 6 storm_counted; then
-	td=$(sg_now_ms)
-	sg_ok "push storm counted $((td - ts)) ms after the spike (sidecar_governor_push_storms_total 1)"
-else
-	sg_fail "no push storm counted 6 s after the spike (sidecar_governor_push_storms_total '$(sg_metric sidecar_governor_push_storms_total)')"
-	td=$(sg_now_ms)
-fi
-# The grace period (10 s from the storm's tick, which is before td): sample until td + 8 s.
-raised=0
-while [ $(($(sg_now_ms) - td)) -lt 8000 ]; do
-	for d in $DIRS; do
-		sg_file_is "$d/cpu.max" "10000 100000" || raised=$((raised + 1))
-	done
-	usleep 250000
-done
-sg_check "no proxy raised during the grace period ($raised samples above the floor, every 250 ms for 8 s)" [ "$raised" -eq 0 ]
-thr=0
-for d in $DIRS; do thr=$((thr + $(sg_stat "$d" nr_throttled))); done
-sg_log "the kernel throttled the four proxies in $thr periods so far (the spike was real)"
+# Found by their process names alone (procfs: no runtime identity), the four count toward no
+# storm (issue 9 case 2: one tenant's processes named envoy must not hold back another's
+# sidecars): nothing is held back, each grows at its first throttled tick.
 all_grown() {
 	for _d in $DIRS; do sg_quota_at_least "$_d" 10001 || return 1; done
 }
-if sg_wait 15 all_grown; then
-	sg_ok "after the grace period the still-hot proxies grew: $(for d in $DIRS; do printf "'%s' " "$(sg_cpu_max "$d")"; done)"
+if sg_wait 4 all_grown; then
+	sg_ok "all four grew $(($(sg_now_ms) - ts)) ms after the spike, none held back: $(for d in $DIRS; do printf "'%s' " "$(sg_cpu_max "$d")"; done)"
 else
-	sg_fail "not all hot proxies grew 15 s after the grace period: $(for d in $DIRS; do printf "'%s' " "$(sg_cpu_max "$d")"; done)"
+	sg_fail "not all four grew within 4 s of the spike: $(for d in $DIRS; do printf "'%s' " "$(sg_cpu_max "$d")"; done)"
 fi
+thr=0
+for d in $DIRS; do thr=$((thr + $(sg_stat "$d" nr_throttled))); done
+sg_log "the kernel throttled the four proxies in $thr periods so far (the spike was real)"
 sleep 3
-sg_expect "still one push storm (the same hot proxies are not a new storm)" "$(sg_metric sidecar_governor_push_storms_total)" 1
+sg_expect "no push storm counted among proxies without a runtime identity" "$(sg_metric sidecar_governor_push_storms_total)" 0
 sg_trace_stop
 echo idle >"$CTL"
 sg_agent_stop TERM 10
