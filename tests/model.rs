@@ -29,7 +29,7 @@ use proptest::prelude::*;
 use sidecar_governor::agent::restore_all;
 use sidecar_governor::journal::Journal;
 use sidecar_governor::ownership::{CpuMaxValue, Limit, Owned};
-use sidecar_governor::policy::Policy;
+use sidecar_governor::policy::{PodControl, Policy};
 
 /// Container slots: pod 0 holds slots 0 and 1 (two proxies in one pod), pod 1 holds slot 2.
 const SLOTS: usize = 3;
@@ -70,18 +70,30 @@ struct PolicyKnobs {
     burst: bool,
     min_millis: u64,
     max_millis: u64,
+    /// The proxies' namespace `shop` in `overrides`: 0 none, 1 `mode: off`, 2 `mode: dry-run`,
+    /// 3 `allowAboveLimit` withheld, 4 granted with its own bounds.
+    shop: u8,
+    /// The pods' CPU annotations (min, max), in range or not (applied when the agent
+    /// starts, as CRI reads them from the sandbox).
+    annotations: (Option<u64>, Option<u64>),
 }
 
 impl PolicyKnobs {
     fn policy(&self) -> Policy {
-        let mut p = Policy::from_yaml(&format!(
+        let mut p = Policy::from_yaml(&(format!(
             "interval: 1s\ndryRun: {}\nmatch:\n  rescanInterval: 1s\ncpu:\n  min: {}m\n  max: {}m\n  scaleDownAfter: 2s\n  conflictBackoff: 3s\n  allowAboveLimit: {}\n  burstRatio: {}\nmemory:\n  settleAfter: 2s\n  scaleDownAfter: 2s\n  probeInterval: 1s\n  stepDown: 0.2\n",
             self.dry_run,
             self.min_millis,
             self.max_millis,
             self.above_limit,
             if self.burst { 0.5 } else { 0.0 },
-        ))
+        ) + match self.shop {
+            1 => "overrides:\n  - namespace: shop\n    mode: \"off\"\n",
+            2 => "overrides:\n  - namespace: shop\n    mode: dry-run\n",
+            3 => "overrides:\n  - namespace: shop\n    cpu: {allowAboveLimit: false}\n",
+            4 => "overrides:\n  - namespace: shop\n    cpu: {min: 200m, max: 1500m, allowAboveLimit: true}\n",
+            _ => "",
+        }))
         .unwrap();
         p.cpu.push_storm.min_proxies = 100;
         p
@@ -95,14 +107,19 @@ fn knobs() -> impl Strategy<Value = PolicyKnobs> {
         any::<bool>(),
         prop::sample::select(vec![50u64, 100, 300]),
         prop::sample::select(vec![1000u64, 2000]),
+        0u8..5,
+        prop::sample::select(vec![None, Some(150u64), Some(3000)]),
+        prop::sample::select(vec![None, Some(400u64), Some(5000)]),
     )
         .prop_map(
-            |(dry_run, above_limit, burst, min_millis, max_millis)| PolicyKnobs {
+            |(dry_run, above_limit, burst, min_millis, max_millis, shop, lo, hi)| PolicyKnobs {
                 dry_run: dry_run && min_millis != 300,
                 above_limit,
                 burst,
                 min_millis,
                 max_millis,
+                shop,
+                annotations: (lo, hi.filter(|h| lo.is_none_or(|l| l <= *h))),
             },
         )
 }
@@ -172,6 +189,8 @@ impl World {
                 burst: false,
                 min_millis: 100,
                 max_millis: 2000,
+                shop: 0,
+                annotations: (None, None),
             },
             broken: false,
             disk: None,
@@ -231,7 +250,13 @@ impl World {
     }
 
     fn harness(&self) -> Harness {
-        Harness::new(&self.node, self.knobs.policy(), false)
+        let (cpu_min_millis, cpu_max_millis) = self.knobs.annotations;
+        let control = PodControl {
+            cpu_min_millis,
+            cpu_max_millis,
+            ..PodControl::default()
+        };
+        Harness::vouched(&self.node, self.knobs.policy(), false, "shop", control)
     }
 
     fn tick(&mut self, h: &mut Harness, hot: u8) {
