@@ -11,7 +11,7 @@
 pub mod actuator;
 pub mod agent;
 pub mod cgroup;
-pub mod controller;
+pub(crate) mod controller;
 pub mod cri;
 pub mod discovery;
 pub mod events;
@@ -20,7 +20,7 @@ pub mod journal;
 pub mod metrics;
 pub mod ownership;
 pub mod policy;
-pub mod proxy;
+pub(crate) mod proxy;
 pub mod quantity;
 pub mod reload;
 pub mod sampler;

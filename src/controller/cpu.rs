@@ -29,7 +29,7 @@ pub struct CpuObservation {
 
 /// The range the quota may move in for one proxy, in millicores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuBounds {
+pub(crate) struct CpuBounds {
     pub floor: u64,
     pub ceiling: u64,
 }
@@ -39,7 +39,7 @@ impl CpuBounds {
     /// above the original, and a floor that never exceeds the ceiling.
     /// With `allowAboveLimit` the original does not cap the ceiling (the pod cgroup is raised)
     /// but still caps the floor: an idle proxy never holds more than its own limit.
-    pub fn new(policy: &CpuPolicy, original_millis: Option<u64>) -> CpuBounds {
+    pub(crate) fn new(policy: &CpuPolicy, original_millis: Option<u64>) -> CpuBounds {
         let ceiling = match original_millis {
             Some(o) if !policy.allow_above_limit => o.min(policy.max_millis),
             _ => policy.max_millis,
@@ -54,7 +54,11 @@ impl CpuBounds {
     /// Narrows the bounds by Envoy's worker count `workers` (`--concurrency N`): the floor is
     /// at least N workers' minimum, and quota above N+1 cores (the workers plus the main
     /// thread) is useless headroom. Never above the ceiling already set.
-    pub fn with_concurrency(self, workers: Option<u32>, per_worker_millis: u64) -> CpuBounds {
+    pub(crate) fn with_concurrency(
+        self,
+        workers: Option<u32>,
+        per_worker_millis: u64,
+    ) -> CpuBounds {
         let Some(n) = workers.filter(|n| *n > 0).map(u64::from) else {
             return self;
         };
@@ -66,7 +70,7 @@ impl CpuBounds {
 
 /// Per-proxy memory of the controller between ticks.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct CpuState {
+pub(crate) struct CpuState {
     /// How long usage has stayed low without throttling.
     pub quiet_for: Duration,
     /// Highest usage in the current window of the quiet stretch, in millicores.
@@ -87,7 +91,7 @@ impl CpuState {
 
 /// A new quota to set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuDecision {
+pub(crate) struct CpuDecision {
     pub quota_millis: u64,
     pub direction: Direction,
     pub reason: Reason,
@@ -110,7 +114,7 @@ fn down(quota_millis: u64, reason: Reason) -> Option<CpuDecision> {
 }
 
 /// Decides the next quota for one proxy. `None` means leave it.
-pub fn decide_cpu(
+pub(crate) fn decide_cpu(
     state: &mut CpuState,
     obs: &CpuObservation,
     bounds: CpuBounds,

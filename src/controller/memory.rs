@@ -22,7 +22,7 @@ pub struct MemoryEventsDelta {
 
 /// What one tick saw of a proxy's memory.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MemoryObservation {
+pub(crate) struct MemoryObservation {
     pub elapsed: Duration,
     /// `memory.current`.
     pub current: u64,
@@ -37,7 +37,7 @@ pub struct MemoryObservation {
 
 /// The range `memory.high` may move in, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemoryBounds {
+pub(crate) struct MemoryBounds {
     pub floor: u64,
     pub ceiling: u64,
 }
@@ -45,7 +45,11 @@ pub struct MemoryBounds {
 impl MemoryBounds {
     /// Policy bounds narrowed by the container's `memory.max` and its original `memory.high`
     /// (`None` = unlimited): the agent never raises memory.high above either.
-    pub fn new(policy: &MemoryPolicy, limit: Option<u64>, original: Option<u64>) -> MemoryBounds {
+    pub(crate) fn new(
+        policy: &MemoryPolicy,
+        limit: Option<u64>,
+        original: Option<u64>,
+    ) -> MemoryBounds {
         let ceiling = [Some(policy.max_bytes), limit, original]
             .into_iter()
             .flatten()
@@ -60,7 +64,7 @@ impl MemoryBounds {
 
 /// Per-proxy memory of the memory controller between ticks.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct MemoryState {
+pub(crate) struct MemoryState {
     /// The first placement has been made (or found unnecessary).
     pub placed: bool,
     /// How long the proxy has been watched.
@@ -89,7 +93,7 @@ fn room(state: &MemoryState, current: u64, p: &MemoryPolicy) -> u64 {
 
 /// What to do to a proxy's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MemoryAction {
+pub(crate) enum MemoryAction {
     /// Write `memory.high`.
     SetHigh(u64),
     /// Write this many bytes to `memory.reclaim` (once; leaves no limit behind).
@@ -98,7 +102,7 @@ pub enum MemoryAction {
 
 /// A memory decision with its explanation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemoryDecision {
+pub(crate) struct MemoryDecision {
     pub action: MemoryAction,
     pub direction: Direction,
     pub reason: Reason,
@@ -112,7 +116,7 @@ fn worth(value: u64) -> u64 {
 /// True when the decision about to be taken (`elapsed` after the last one) needs
 /// `memory.stat` (costly: read it only then): at the first placement, when a downward probe is
 /// due, or when usage nears the limit.
-pub fn wants_stat(
+pub(crate) fn wants_stat(
     state: &MemoryState,
     elapsed: Duration,
     current: u64,
@@ -133,7 +137,12 @@ pub fn wants_stat(
 
 /// The lowest `memory.high` that is safe now: the policy floor, unreclaimable memory plus the
 /// margin, and `memory.current` minus what reclaim could free.
-pub fn safe_floor(bounds: MemoryBounds, current: u64, stat: &MemoryStat, p: &MemoryPolicy) -> u64 {
+pub(crate) fn safe_floor(
+    bounds: MemoryBounds,
+    current: u64,
+    stat: &MemoryStat,
+    p: &MemoryPolicy,
+) -> u64 {
     bounds
         .floor
         .max(stat.unreclaimable().saturating_add(p.margin_bytes))
@@ -149,7 +158,7 @@ fn set(bytes: u64, direction: Direction, reason: Reason) -> Option<MemoryDecisio
 }
 
 /// Decides the next memory action for one proxy. `None` means leave it.
-pub fn decide_memory(
+pub(crate) fn decide_memory(
     state: &mut MemoryState,
     obs: &MemoryObservation,
     bounds: MemoryBounds,

@@ -2,12 +2,12 @@
 //! file or looks at a clock — every input (sample deltas, elapsed time, bounds, policy) is
 //! passed in, so each rule is tested tick by tick with plain tables.
 
-pub mod cpu;
-pub mod memory;
-pub mod storm;
+pub(crate) mod cpu;
+pub(crate) mod memory;
+pub(crate) mod storm;
 
-pub use cpu::{CpuBounds, CpuDecision, CpuObservation, CpuState, decide_cpu};
-pub use memory::{
+pub(crate) use cpu::{CpuBounds, CpuDecision, CpuObservation, CpuState, decide_cpu};
+pub(crate) use memory::{
     MemoryAction, MemoryBounds, MemoryDecision, MemoryEventsDelta, MemoryObservation, MemoryState,
     decide_memory, wants_stat,
 };

@@ -12,7 +12,7 @@ use crate::policy::PushStormPolicy;
 
 /// What this tick is, storm-wise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Storm {
+pub(crate) enum Storm {
     Calm,
     /// A storm was recognised this tick.
     Started,
@@ -22,7 +22,7 @@ pub enum Storm {
 
 /// Remembers which proxies wanted to grow recently.
 #[derive(Debug, Default)]
-pub struct StormDetector {
+pub(crate) struct StormDetector {
     wanted: HashMap<String, Instant>,
     /// Proxies whose growth was held back at the last tick.
     held: HashSet<String>,
@@ -33,7 +33,7 @@ pub struct StormDetector {
 impl StormDetector {
     /// Records the proxies that want to grow at `now` (out of `governed`) and says whether
     /// the node is in a push storm.
-    pub fn observe(
+    pub(crate) fn observe(
         &mut self,
         now: Instant,
         wanting: &[&str],
@@ -67,7 +67,7 @@ impl StormDetector {
 }
 
 /// What the push-storm rule needs to know of one proxy's plan.
-pub trait StormCandidate {
+pub(crate) trait StormCandidate {
     /// Grows the proxy for its load (what a storm holds back).
     fn wants_growth(&self) -> bool;
     /// Counts toward a storm (a proxy whose identity the runtime vouches for).
@@ -80,7 +80,7 @@ pub trait StormCandidate {
 /// and drops the growth a push storm holds back — except an urgent proxy's that was already
 /// held last tick: nobody is throttled hard for longer than one tick by a storm. Returns
 /// what this tick is, storm-wise.
-pub fn hold_back<T: StormCandidate>(
+pub(crate) fn hold_back<T: StormCandidate>(
     detector: &mut StormDetector,
     now: Instant,
     plans: &mut Vec<(String, T)>,

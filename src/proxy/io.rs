@@ -1,5 +1,5 @@
-//! The I/O seam of one proxy: every read and write the per-proxy core needs (sample, read the
-//! burst and `memory.stat`, write `cpu.max`/`cpu.max.burst`/`memory.high`, reclaim), as the
+//! The I/O seam of one proxy: every read and write the per-proxy core needs (sample, read
+//! `memory.stat`, write `cpu.max`/`cpu.max.burst`/`memory.high`, reclaim), as the
 //! [`ProxyIo`] trait. [`CgroupIo`] implements it over a container's cgroup files (the agent);
 //! the simulator implements it over its kernel model. The core never touches a file itself,
 //! so both run exactly the same step.
@@ -13,11 +13,9 @@ use crate::sampler::{self, MemoryFiles, MemoryRaw, ProxyFiles, RawSample};
 
 /// What the per-proxy core reads and writes. A `CgroupError` that `is_gone()` means the
 /// container went away.
-pub trait ProxyIo {
+pub(crate) trait ProxyIo {
     /// Reads the CPU files now.
     fn sample_cpu(&mut self, now: Instant) -> Result<RawSample, CgroupError>;
-    /// `cpu.max.burst` (`None` when the kernel has no such file).
-    fn read_cpu_burst(&mut self) -> Result<Option<u64>, CgroupError>;
     /// Writes `cpu.max`, with the burst moved from `.0` to `.1` in the safe order.
     fn write_cpu(&mut self, cpu_max: &CpuMax, burst: Option<(u64, u64)>)
     -> Result<(), CgroupError>;
@@ -41,7 +39,7 @@ pub trait ProxyIo {
 
 /// A container's cgroup files, borrowed for one step (the buffer is the loop's, shared).
 #[derive(Debug)]
-pub struct CgroupIo<'a> {
+pub(crate) struct CgroupIo<'a> {
     pub dir: &'a Path,
     pub files: &'a mut ProxyFiles,
     pub memory: Option<&'a mut MemoryFiles>,
@@ -51,10 +49,6 @@ pub struct CgroupIo<'a> {
 impl ProxyIo for CgroupIo<'_> {
     fn sample_cpu(&mut self, now: Instant) -> Result<RawSample, CgroupError> {
         self.files.sample(self.buf, now)
-    }
-
-    fn read_cpu_burst(&mut self) -> Result<Option<u64>, CgroupError> {
-        actuator::read_cpu_burst(self.dir)
     }
 
     fn write_cpu(

@@ -21,7 +21,7 @@ use crate::server::{ActionView, now_unix};
 
 /// The memory side of a governed proxy.
 #[derive(Debug)]
-pub struct MemoryCore {
+pub(crate) struct MemoryCore {
     prev: Option<MemoryRaw>,
     state: MemoryState,
     /// `memory.high` when the proxy was found (`None` = `max`).
@@ -38,7 +38,7 @@ pub struct MemoryCore {
 
 /// What the last step saw.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MemoryReading {
+pub(crate) struct MemoryReading {
     pub current: u64,
     pub high: Option<u64>,
     pub pressure: Option<f64>,
@@ -46,7 +46,7 @@ pub struct MemoryReading {
 
 /// A memory decision to write (staged: its value is pending in the record).
 #[derive(Debug, Clone)]
-pub struct MemoryPlan {
+pub(crate) struct MemoryPlan {
     pub decision: MemoryDecision,
     /// The value to write, in whole pages (`SetHigh`), or the bytes to reclaim.
     pub action: MemoryAction,
@@ -59,7 +59,7 @@ pub struct MemoryPlan {
 
 impl MemoryPlan {
     /// The action as `/debug/proxies` shows it.
-    pub fn view(&self) -> ActionView {
+    pub(crate) fn view(&self) -> ActionView {
         ActionView {
             resource: "memory",
             direction: self.decision.direction.as_str(),
@@ -77,7 +77,7 @@ fn human(high: Option<u64>) -> String {
 
 impl MemoryCore {
     /// The memory side of a proxy whose files read `first` and whose `memory.max` is `limit`.
-    pub fn new(first: &MemoryRaw, limit: Option<u64>) -> MemoryCore {
+    pub(crate) fn new(first: &MemoryRaw, limit: Option<u64>) -> MemoryCore {
         MemoryCore {
             prev: None,
             state: MemoryState::default(),
@@ -91,25 +91,25 @@ impl MemoryCore {
 
     /// Marks `memory.high` as placed (a write of the agent's may hold) or not (it is to be
     /// placed after the settle period).
-    pub fn set_placed(&mut self, placed: bool) {
+    pub(crate) fn set_placed(&mut self, placed: bool) {
         self.state.placed = placed;
     }
 
     /// Leaves the memory alone until `until`, and starts its control afresh then.
-    pub fn back_off(&mut self, until: Instant) {
+    pub(crate) fn back_off(&mut self, until: Instant) {
         self.state = MemoryState::default();
         self.busy_until = Some(until);
     }
 
     /// Starts afresh from the originals (after a restore).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.state = MemoryState::default();
         self.planned = None;
         self.prev = None;
     }
 
     /// The `memory.high` shown to operators: planned in dry run, else the kernel's.
-    pub fn shown_high(&self, dry_run: bool) -> Option<u64> {
+    pub(crate) fn shown_high(&self, dry_run: bool) -> Option<u64> {
         let kernel = self.last.and_then(|l| l.high);
         if dry_run {
             self.planned.or(kernel)
@@ -245,7 +245,7 @@ impl ProxyCore {
     /// alone for `backoff` (it reclaims and may go on for long); a slow raise reclaims
     /// nothing and is retried at the next step, so a growing proxy is never held below its
     /// need. A read-back that differs is the agent's own value.
-    pub fn apply_memory(
+    pub(crate) fn apply_memory(
         &mut self,
         io: &mut impl ProxyIo,
         plan: &MemoryPlan,

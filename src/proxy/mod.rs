@@ -18,7 +18,7 @@
 //! Cross-proxy rules (push storms, pod quotas) and side effects (metrics, Events, logs) stay
 //! with the caller; the texts of Events and the debug view come from the types here.
 
-pub mod io;
+pub(crate) mod io;
 mod memory;
 
 use std::time::{Duration, Instant};
@@ -35,13 +35,13 @@ use crate::quantity::format_cpu_millis;
 use crate::sampler::{RawSample, cpu_observation};
 use crate::server::{ActionView, ProxyView, now_unix};
 
-pub use io::{CgroupIo, ProxyIo};
-pub use memory::{MemoryCore, MemoryPlan, MemoryReading};
+pub(crate) use io::{CgroupIo, ProxyIo};
+pub(crate) use memory::{MemoryCore, MemoryPlan};
 
 /// What one proxy's step needs to know of the policy (after its namespace's override and
 /// its pod's annotations) and of the proxy.
 #[derive(Debug, Clone, Copy)]
-pub struct Settings<'a> {
+pub(crate) struct Settings<'a> {
     pub cpu: &'a CpuPolicy,
     pub memory: &'a MemoryPolicy,
     /// Plan only: nothing of this proxy is written.
@@ -57,7 +57,7 @@ pub struct Settings<'a> {
 
 /// A CPU decision of one proxy, waiting for the cross-proxy checks before it is staged.
 #[derive(Debug, Clone)]
-pub struct CpuPlan {
+pub(crate) struct CpuPlan {
     pub decision: CpuDecision,
     /// The quota in force (planned, in a dry run), millicores.
     pub from: u64,
@@ -76,7 +76,7 @@ pub struct CpuPlan {
 
 impl CpuPlan {
     /// The Kubernetes Event this action is worth, if any, about `container`.
-    pub fn event(&self, container: &str) -> Option<(EventReason, String)> {
+    pub(crate) fn event(&self, container: &str) -> Option<(EventReason, String)> {
         let to = self.decision.quota_millis;
         let reason = match self.decision.direction {
             _ if self.dry_run => return None,
@@ -103,7 +103,7 @@ impl CpuPlan {
     }
 
     /// The action as `/debug/proxies` shows it.
-    pub fn view(&self) -> ActionView {
+    pub(crate) fn view(&self) -> ActionView {
         ActionView {
             resource: "cpu",
             direction: self.decision.direction.as_str(),
@@ -131,7 +131,7 @@ impl StormCandidate for CpuPlan {
 
 /// A CPU write staged: the record holds `cpu_max` (and the burst's target) as pending.
 #[derive(Debug, Clone)]
-pub struct CpuWrite {
+pub(crate) struct CpuWrite {
     pub plan: CpuPlan,
     pub cpu_max: CpuMax,
     /// `cpu.max.burst` from, to.
@@ -140,7 +140,7 @@ pub struct CpuWrite {
 
 /// A read that failed (not because the proxy is gone).
 #[derive(Debug)]
-pub struct Problem {
+pub(crate) struct Problem {
     pub what: &'static str,
     pub error: CgroupError,
     /// The first failure of this kind in a row (worth a warning; the rest are counted).
@@ -149,7 +149,7 @@ pub struct Problem {
 
 /// What one step of one proxy came to.
 #[derive(Debug, Default)]
-pub struct StepOutcome {
+pub(crate) struct StepOutcome {
     /// The container went away.
     pub gone: bool,
     /// Files found changed by someone else (adopted as originals; the proxy backs off).
@@ -172,7 +172,7 @@ impl StepOutcome {
 
 /// One governed proxy's control state.
 #[derive(Debug, Default)]
-pub struct ProxyCore {
+pub(crate) struct ProxyCore {
     cpu: CpuState,
     prev: Option<RawSample>,
     /// Dry run: the quota decisions would have set.
@@ -188,7 +188,7 @@ pub struct ProxyCore {
 
 impl ProxyCore {
     /// A proxy just found, with its memory side if memory is governed.
-    pub fn new(mem: Option<MemoryCore>) -> ProxyCore {
+    pub(crate) fn new(mem: Option<MemoryCore>) -> ProxyCore {
         ProxyCore {
             mem,
             ..ProxyCore::default()
@@ -196,13 +196,13 @@ impl ProxyCore {
     }
 
     /// The memory side, if governed.
-    pub fn memory(&self) -> Option<&MemoryCore> {
+    pub(crate) fn memory(&self) -> Option<&MemoryCore> {
         self.mem.as_ref()
     }
 
     /// Leaves the proxy alone until `until` and starts its control afresh then (someone else
     /// changed one of its files, or its pod's).
-    pub fn back_off(&mut self, until: Instant) {
+    pub(crate) fn back_off(&mut self, until: Instant) {
         self.cpu = CpuState::default();
         self.backoff_until = Some(until);
         if let Some(m) = self.mem.as_mut() {
@@ -211,12 +211,12 @@ impl ProxyCore {
     }
 
     /// Leaves only the CPU alone until `until` (its pod's quota changed under it).
-    pub fn back_off_cpu(&mut self, until: Instant) {
+    pub(crate) fn back_off_cpu(&mut self, until: Instant) {
         self.backoff_until = Some(until);
     }
 
     /// Starts afresh from the originals (after they were put back).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.prev = None;
         self.cpu = CpuState::default();
         self.planned_millis = None;
@@ -226,13 +226,13 @@ impl ProxyCore {
     }
 
     /// Forgets the plans (the proxy's mode changed).
-    pub fn reset_plan(&mut self) {
+    pub(crate) fn reset_plan(&mut self) {
         self.planned_millis = None;
         self.cpu = CpuState::default();
     }
 
     /// Samples, reconciles and plans the proxy's CPU and memory (see the module doc).
-    pub fn step(
+    pub(crate) fn step(
         &mut self,
         io: &mut impl ProxyIo,
         record: &mut ContainerRecord,
@@ -270,7 +270,7 @@ impl ProxyCore {
 
     /// Reconciles a CPU sample with the record and decides (pure). Returns whether the
     /// sample showed someone else's `cpu.max`, and the plan.
-    pub fn plan_cpu(
+    pub(crate) fn plan_cpu(
         &mut self,
         sample: RawSample,
         record: &mut ContainerRecord,
@@ -325,7 +325,7 @@ impl ProxyCore {
     }
 
     /// Dry run: the decision is only remembered (and shown).
-    pub fn plan_only(&mut self, plan: &CpuPlan) {
+    pub(crate) fn plan_only(&mut self, plan: &CpuPlan) {
         self.planned_millis = Some(plan.decision.quota_millis);
         self.last_action = Some(plan.view());
     }
@@ -333,7 +333,7 @@ impl ProxyCore {
     /// Records the values `plan` will write as pending: `cpu.max`, the burst moved from
     /// `burst_now` (read just before, reconciled like any owned value) by the plan's ratio,
     /// and the hold on the pod `hold_pod` when the container may go above its own limit.
-    pub fn stage_cpu(
+    pub(crate) fn stage_cpu(
         &self,
         plan: CpuPlan,
         burst_now: Option<u64>,
@@ -367,7 +367,7 @@ impl ProxyCore {
 
     /// Writes a staged CPU decision and confirms it. On an error the record keeps the value
     /// as pending: the file holds the old or the new value, both the agent's.
-    pub fn apply_cpu(
+    pub(crate) fn apply_cpu(
         &mut self,
         io: &mut impl ProxyIo,
         w: &CpuWrite,
@@ -390,7 +390,7 @@ impl ProxyCore {
     }
 
     /// The quota shown to operators: planned in a dry run, else the kernel's.
-    pub fn shown_quota(&self, dry_run: bool) -> Option<u64> {
+    pub(crate) fn shown_quota(&self, dry_run: bool) -> Option<u64> {
         let kernel = self.prev.and_then(|s| s.cpu_max.millis());
         if dry_run {
             self.planned_millis.or(kernel)
@@ -400,12 +400,12 @@ impl ProxyCore {
     }
 
     /// The last CPU observation (usage, throttling).
-    pub fn last_obs(&self) -> Option<CpuObservation> {
+    pub(crate) fn last_obs(&self) -> Option<CpuObservation> {
         self.last_obs
     }
 
     /// Fills `/debug/proxies`' control fields of this proxy.
-    pub fn fill_view(&self, v: &mut ProxyView, dry_run: bool, original: Option<u64>) {
+    pub(crate) fn fill_view(&self, v: &mut ProxyView, dry_run: bool, original: Option<u64>) {
         let reading = self.mem.as_ref().and_then(|m| m.last);
         v.cpu_quota_millis = self.shown_quota(dry_run);
         v.cpu_original_millis = original;
@@ -421,7 +421,7 @@ impl ProxyCore {
     }
 
     /// Records the values `plan` will write in memory as pending.
-    pub fn stage_memory(&self, plan: &MemoryPlan, record: &mut ContainerRecord) {
+    pub(crate) fn stage_memory(&self, plan: &MemoryPlan, record: &mut ContainerRecord) {
         if let MemoryAction::SetHigh(b) = plan.action
             && let Some(o) = record.memory_high.as_mut()
         {
@@ -430,7 +430,7 @@ impl ProxyCore {
     }
 
     /// The journal could not be written: nothing was; a placement is to be made again.
-    pub fn unstage_memory(&mut self, plan: &MemoryPlan) {
+    pub(crate) fn unstage_memory(&mut self, plan: &MemoryPlan) {
         if let Some(m) = self.mem.as_mut() {
             m.unstage(plan);
         }

@@ -68,9 +68,6 @@ impl ProxyIo for Fake {
         }
         self.io().sample_cpu(now)
     }
-    fn read_cpu_burst(&mut self) -> Result<Option<u64>, CgroupError> {
-        Ok(None)
-    }
     fn write_cpu(&mut self, v: &CpuMax, b: Option<(u64, u64)>) -> Result<(), CgroupError> {
         self.io().write_cpu(v, b)
     }

@@ -307,10 +307,6 @@ impl ProxyIo for ModelIo<'_> {
         })
     }
 
-    fn read_cpu_burst(&mut self) -> Result<Option<u64>, CgroupError> {
-        Ok(None)
-    }
-
     fn write_cpu(&mut self, cpu_max: &CpuMax, _: Option<(u64, u64)>) -> Result<(), CgroupError> {
         self.model.set_cpu_max(*cpu_max);
         Ok(())

@@ -3,7 +3,7 @@
 //! `cpu.pressure`, memory files) and procfs (`<pid>/{comm,cgroup,cmdline,stat}`). The one
 //! place fixture layouts are made, so every test speaks of the same shapes.
 
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 pub mod harness;
 
