@@ -1,5 +1,6 @@
 #!/bin/sh
 # shellcheck shell=dash
+# sg-vm-group: cri
 # Issue 9 case 1 on the real containerd (the `cri` VM): nothing a pod's author controls raises a
 # limit. Policy `cpu.allowAboveLimit: true`, withheld for the namespace `tenants` by its
 # override. Three pods, all hot:
