@@ -15,8 +15,13 @@
 //!                --container 'NAME|CPU_LIMIT_MILLIS|COMMAND ARGS...'... [--mount HOST:CONTAINER[:ro]]...
 //!                [--env K=V]... [--host-pid] [--drop-all-caps] [--readonly-rootfs]
 //!                [--run-as-user UID] [--no-new-privs] [--seccomp-runtime-default]
+//!                [--sandbox ID [--attempt N]]
 //!     prints "POD <sandbox id>" and, per container,
 //!     "CONTAINER <name> <id> <started_at_unix_ms> <uptime_ms_after_start>"
+//!     With --sandbox the containers go into that running sandbox (made by an earlier pod-up
+//!     with the same name, namespace, uid, qos and annotations) as kubelet restarts a container:
+//!     a new container with `metadata.attempt` N (kubelet's restart count; the old one may stay,
+//!     exited, as kubelet leaves it until garbage collection).
 //! cri_driver ... stop-container ID [--grace SECS]   (SIGTERM, SIGKILL after SECS; prints the ms)
 //! cri_driver ... rm-container ID
 //! cri_driver ... pod-down SANDBOX_ID
@@ -205,6 +210,12 @@ enum Cmd {
         /// HOST:CONTAINER[:ro] bind mount for every container (repeatable).
         #[arg(long = "mount")]
         mounts: Vec<String>,
+        /// Create the containers in this running sandbox instead of a new one (a restart).
+        #[arg(long)]
+        sandbox: Option<String>,
+        /// The containers' `metadata.attempt` (kubelet's restart count).
+        #[arg(long, default_value_t = 0)]
+        attempt: u32,
         #[command(flatten)]
         security: Security,
     },
@@ -311,6 +322,8 @@ async fn pod_up(
     image: &str,
     containers: &[String],
     mounts: &[String],
+    existing_sandbox: Option<&str>,
+    attempt: u32,
     security: &Security,
 ) -> anyhow::Result<()> {
     let specs = containers
@@ -384,19 +397,25 @@ async fn pod_up(
         }),
     };
     let t0 = Instant::now();
-    let sandbox_id = life
-        .run_pod_sandbox(sandbox_config.clone())
-        .await
-        .context("RunPodSandbox")?;
+    let sandbox_id = match existing_sandbox {
+        Some(id) => id.to_string(),
+        None => {
+            let id = life
+                .run_pod_sandbox(sandbox_config.clone())
+                .await
+                .context("RunPodSandbox")?;
+            eprintln!("cri_driver: sandbox {name} ready in {:?}", t0.elapsed());
+            id
+        }
+    };
     println!("POD {sandbox_id}");
-    eprintln!("cri_driver: sandbox {name} ready in {:?}", t0.elapsed());
     for spec in specs {
         let mut labels = kubelet_labels(namespace, name, uid);
         labels.insert("io.kubernetes.container.name".into(), spec.name.clone());
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: spec.name.clone(),
-                attempt: 0,
+                attempt,
             }),
             image: Some(ImageSpec {
                 image: image.to_string(),
@@ -404,7 +423,7 @@ async fn pod_up(
             }),
             command: spec.command.clone(),
             labels,
-            log_path: format!("{}/0.log", spec.name),
+            log_path: format!("{}/{attempt}.log", spec.name),
             mounts: mounts.clone(),
             envs: envs.clone(),
             linux: Some(LinuxContainerConfig {
@@ -493,6 +512,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             image,
             containers,
             mounts,
+            sandbox,
+            attempt,
             security,
         } => {
             pod_up(
@@ -506,6 +527,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &image,
                 &containers,
                 &mounts,
+                sandbox.as_deref(),
+                attempt,
                 &security,
             )
             .await

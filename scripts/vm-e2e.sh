@@ -50,32 +50,41 @@ done
 
 # Per-scenario limit inside the VM, and the whole boot's limit on the host.
 per_scenario=${SG_VM_SCENARIO_TIMEOUT:-240}
-# The `cri` scenario (a real containerd) boots on its own, from its own initramfs
-# (scripts/vm/cri-host.sh), with more memory and time; so does `cri-image` (the same initramfs
-# plus the agent image of scripts/build-image.sh, run as a CRI pod).
+# The `cri` group (a real containerd) boots on its own, from its own initramfs
+# (scripts/vm/cri-host.sh), with more memory and time: every scenario whose file has the line
+# `# sg-vm-group: cri` (`cri` and the ownership scenarios that need a runtime identity, which
+# only CRI discovery gives), all in one boot. So does `cri-image` (the same initramfs plus the
+# agent image of scripts/build-image.sh, run as a CRI pod).
 cri_timeout=${SG_VM_CRI_TIMEOUT:-480}
 # `cluster` (a real Kubernetes node: scripts/vm/cluster-host.sh) boots on its own too, with
 # 6 GiB and its own limit.
 cluster_timeout=${SG_VM_CLUSTER_TIMEOUT:-2700}
-cri_wanted=0
+# group SCENARIO: the boot it runs in (cri, cri-image, cluster or the plain one, "").
+group() {
+	case $1 in
+	cri-image | cluster) echo "$1" ;;
+	*) if grep -q '^# sg-vm-group: cri$' "$SG_VM_DIR/scenarios/$1.sh"; then echo cri; fi ;;
+	esac
+}
+cri_list=()
 cri_image_wanted=0
 cluster_wanted=0
 others=()
 for s in "${scenarios[@]}"; do
-	if [[ $s == cri ]]; then
-		cri_wanted=1
-	elif [[ $s == cri-image ]]; then
-		cri_image_wanted=1
-	elif [[ $s == cluster ]]; then
-		cluster_wanted=1
-	else others+=("$s"); fi
+	case $(group "$s") in
+	cri) cri_list+=("$s") ;;
+	cri-image) cri_image_wanted=1 ;;
+	cluster) cluster_wanted=1 ;;
+	*) others+=("$s") ;;
+	esac
 done
+cri_wanted=$((${#cri_list[@]} > 0))
 
 sg_host_require
 sg_host_kernel
 sg_host_build
 initrd=$SG_VM_CACHE/initramfs-e2e.cpio.gz
-if ((${#others[@]} || separate)); then
+if ((${#others[@]})); then
 	sg_host_initramfs "$initrd"
 	sg_host_log "initramfs: $initrd ($(du -h "$initrd" | cut -f1))"
 fi
@@ -110,15 +119,14 @@ fi
 
 stamp=$(date +%Y%m%d-%H%M%S)
 logs=()
+# boot GROUP LIST N: one boot of the group's initramfs running the N scenarios of LIST (a,b).
 boot() {
-	local list=$1 n=$2 log rd=$initrd limit=$per_scenario mem=${SG_VM_MEM:-}
-	if [[ $list == cri ]]; then
-		rd=$cri_initrd limit=$cri_timeout mem=${SG_VM_MEM:-1536}
-	elif [[ $list == cri-image ]]; then
-		rd=$cri_image_initrd limit=$cri_timeout mem=${SG_VM_MEM:-1536}
-	elif [[ $list == cluster ]]; then
-		rd=$cluster_initrd limit=$cluster_timeout mem=${SG_VM_MEM:-6144}
-	fi
+	local grp=$1 list=$2 n=$3 log rd=$initrd limit=$per_scenario mem=${SG_VM_MEM:-}
+	case $grp in
+	cri) rd=$cri_initrd limit=$cri_timeout mem=${SG_VM_MEM:-1536} ;;
+	cri-image) rd=$cri_image_initrd limit=$cri_timeout mem=${SG_VM_MEM:-1536} ;;
+	cluster) rd=$cluster_initrd limit=$cluster_timeout mem=${SG_VM_MEM:-6144} ;;
+	esac
 	log=$SG_VM_CACHE/logs/$stamp-${list//,/+}.log
 	if ((${#log} > 200)); then log=$SG_VM_CACHE/logs/$stamp-all.log; fi
 	logs+=("$log")
@@ -130,17 +138,22 @@ boot() {
 
 t0=$SECONDS
 if ((separate)); then
-	for s in "${scenarios[@]}"; do boot "$s" 1; done
+	for s in "${scenarios[@]}"; do boot "$(group "$s")" "$s" 1; done
 else
 	if ((${#others[@]})); then
-		boot "$(
+		boot "" "$(
 			IFS=,
 			echo "${others[*]}"
 		)" "${#others[@]}"
 	fi
-	if ((cri_wanted)); then boot cri 1; fi
-	if ((cri_image_wanted)); then boot cri-image 1; fi
-	if ((cluster_wanted)); then boot cluster 1; fi
+	if ((cri_wanted)); then
+		boot cri "$(
+			IFS=,
+			echo "${cri_list[*]}"
+		)" "${#cri_list[@]}"
+	fi
+	if ((cri_image_wanted)); then boot cri-image cri-image 1; fi
+	if ((cluster_wanted)); then boot cluster cluster 1; fi
 fi
 elapsed=$((SECONDS - t0))
 

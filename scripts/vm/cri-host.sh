@@ -6,7 +6,7 @@
 #                        in $SG_VM_CACHE/debs and unpacked into $SG_VM_CACHE/cri-root
 #   sg_cri_host_build    cargo build --release --example cri_driver (the stand-in kubelet)
 #   sg_cri_host_image    the test image as a docker-archive tar (one layer: busybox-static, the
-#                        stand-in proxy under the names envoy and app with its libraries, a
+#                        stand-in proxy under the names envoy, linkerd2-proxy and app with its libraries, a
 #                        pilot-agent script), tagged as the workload image and the pause image
 #   sg_cri_host_extra    the initramfs hook (SG_VM_EXTRA): containerd, its shim, ctr, runc and their
 #                        libraries, cri_driver, the image, containerd's config, /sg/cri-lib.sh, and
@@ -77,6 +77,7 @@ sg_cri_host_image() {
 	done
 	cp "$rel/examples/stand_in_proxy" "$layer/bin/envoy"
 	cp "$rel/examples/stand_in_proxy" "$layer/bin/app"
+	cp "$rel/examples/stand_in_proxy" "$layer/bin/linkerd2-proxy"
 	sg_host_copy_libs "$layer" "$rel/examples/stand_in_proxy"
 	cat >"$layer/usr/local/bin/pilot-agent" <<'EOF'
 #!/bin/sh

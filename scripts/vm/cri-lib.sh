@@ -25,8 +25,26 @@ sg_cri_daemon() {
 	sg_log "CRI answers: $_v ($(($(sg_now_ms) - _t0)) ms after starting containerd)"
 }
 
-# Start containerd, wait for CRI, import the images. Sets SG_CONTAINERD_PID.
+# A fresh runtime for each scenario of the cri boot (an earlier one may have left containerd,
+# its shims, its mounts and its store behind, e.g. when it timed out): containerd and its shims
+# by PID, the mounts under its directories (deepest first), then the directories.
+sg_cri_reset() {
+	for _c in /proc/[0-9]*/comm; do
+		case "$(cat "$_c" 2>/dev/null)" in
+		containerd | containerd-shim*) ;;
+		*) continue ;;
+		esac
+		_p=${_c#/proc/}
+		kill -9 "${_p%/comm}" 2>/dev/null || true
+	done
+	awk '$2 ~ "^(/run/containerd|/var/lib/containerd)/" { print $2 }' /proc/mounts | sort -r |
+		while read -r _m; do umount -l "$_m" 2>/dev/null || true; done
+	rm -rf /var/lib/containerd /run/containerd "$SG_CRI_DIR" 2>/dev/null || true
+}
+
+# Start a fresh containerd, wait for CRI, import the images. Sets SG_CONTAINERD_PID.
 sg_cri_start() {
+	sg_cri_reset
 	sg_cri_daemon || return 1
 	_t0=$(sg_now_ms)
 	if ! ctr -n k8s.io images import --snapshotter native /sg/cri/images.tar >"$SG_CRI_DIR/import.log" 2>&1; then
@@ -76,6 +94,38 @@ sg_cri_pod() {
 	sg_log "pod $_ns/$_name up in $(($(sg_now_ms) - _t0)) ms: $(awk '$1 == "CONTAINER" { printf "%s=%.12s ", $2, $3 }' "$SG_CRI_DIR/$_name.out")"
 }
 
+# sg_cri_restart NAMESPACE NAME UID ATTEMPT TAG [DRIVER ARGS...]: a container restarted as kubelet
+# does it, in the running sandbox of pod NAME (made by sg_cri_pod, with the same annotations):
+# created and started with metadata.attempt ATTEMPT (--container 'NAME|MILLIS|CMD', --mount as
+# for sg_cri_pod). The driver's output lands in $SG_CRI_DIR/TAG.out: sg_cri_cid TAG CONTAINER.
+sg_cri_restart() {
+	_ns=$1 _name=$2 _uid=$3 _att=$4 _tag=$5
+	shift 5
+	_t0=$(sg_now_ms)
+	if ! sg_cri pod-up --name "$_name" --namespace "$_ns" --uid "$_uid" \
+		--sandbox "$(sg_cri_sandbox "$_name")" --attempt "$_att" "$@" \
+		>"$SG_CRI_DIR/$_tag.out" 2>"$SG_CRI_DIR/$_tag.err"; then
+		sg_fail "container of $_ns/$_name (attempt $_att) not started: $(tail -n 3 "$SG_CRI_DIR/$_tag.err" | tr '\n' ' ')"
+		return 1
+	fi
+	sg_log "pod $_ns/$_name: attempt $_att up in $(($(sg_now_ms) - _t0)) ms: $(awk '$1 == "CONTAINER" { printf "%s=%.12s ", $2, $3 }' "$SG_CRI_DIR/$_tag.out")"
+}
+
+# sg_cri_stop_container ID: StopContainer with no grace (the container stays, exited, as
+# kubelet leaves it), then wait up to 10 s for runc to remove its cgroup.
+sg_cri_stop_container() {
+	_d=$(find "$CG/kubepods" -type d -name "$1" 2>/dev/null | head -n 1)
+	_out=$(sg_cri stop-container "$1" --grace 0 2>&1) || {
+		sg_fail "StopContainer $1: $_out"
+		return 1
+	}
+	if [ -n "$_d" ] && ! sg_wait 10 test ! -d "$_d"; then
+		sg_fail "container $1 stopped but its cgroup $_d is still there 10 s later"
+		return 1
+	fi
+	return 0
+}
+
 # sg_cri_sandbox POD: the pod's sandbox ID.
 sg_cri_sandbox() { awk '$1 == "POD" { print $2 }' "$SG_CRI_DIR/$1.out"; }
 # sg_cri_cid POD CONTAINER: the container's ID.
@@ -84,3 +134,19 @@ sg_cri_cid() { awk -v c="$2" '$1 == "CONTAINER" && $2 == c { print $3 }' "$SG_CR
 sg_cri_started() { awk -v c="$2" '$1 == "CONTAINER" && $2 == c { print $5 }' "$SG_CRI_DIR/$1.out"; }
 # sg_cri_cg UID CID: the container's cgroup dir (cgroupfs driver, burstable).
 sg_cri_cg() { echo "$CG/kubepods/burstable/pod$1/$2"; }
+
+# sg_cri_runs DIR COMM: a process named COMM runs in the cgroup DIR.
+sg_cri_runs() {
+	for _p in $(cat "$1/cgroup.procs" 2>/dev/null); do
+		[ "$(cat "/proc/$_p/comm" 2>/dev/null)" = "$2" ] && return 0
+	done
+	return 1
+}
+
+# sg_cri_named NAMESPACE POD CONTAINER [ID]: /metrics has a series with these runtime names
+# (and that container id): the agent found the proxy through CRI, with its runtime identity.
+sg_cri_named() {
+	sg_http /metrics >"$SG_RUN/metrics.named" || return 1
+	grep "namespace=\"$1\",pod=\"$2\",container=\"$3\"" "$SG_RUN/metrics.named" |
+		grep -q "container_id=\"${4:-}"
+}

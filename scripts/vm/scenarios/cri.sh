@@ -1,5 +1,6 @@
 #!/bin/sh
 # shellcheck shell=dash
+# sg-vm-group: cri
 # CRI discovery on a real runtime (issue 3): Debian's containerd 1.6 + runc run in the VM (cgroup
 # v2, cgroupfs driver); pods are made through CRI as kubelet would (cri_driver). The agent, with
 # --discovery cri, must label its series with the pods' namespace/pod/container names, shrink the

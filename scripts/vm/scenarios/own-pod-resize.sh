@@ -1,25 +1,35 @@
 #!/bin/sh
 # shellcheck shell=dash
-# Issue 8, case 3, real kernel: the pod cgroup's cpu.max is an owned value too. With
-# cpu.allowAboveLimit a hot proxy (limit 500m, pod 1000m) is raised with its pod; then, while the
+# sg-vm-group: cri
+# Issue 8, case 3, real kernel and real containerd: the pod cgroup's cpu.max is an owned value
+# too. The pod is made through CRI (cri_driver, as kubelet does: a sandbox, an istio-proxy
+# container of 500m running the stand-in envoy, spinning, and an app of 500m; the pod's cpu.max
+# 1000m) and the agent discovers through CRI, so the proxy has a runtime identity and
+# cpu.allowAboveLimit applies: the proxy is raised above its limit with its pod. Then, while the
 # agent runs, the pod's cpu.max is written from outside ("400000 100000", as kubelet's in-place
 # resize of the pod does). Asserted: sidecar_governor_conflicts_total counts it; the agent never
 # puts the pod below the resized value afterwards; after SIGTERM (exit 0) the pod holds the
 # resized value, not the stale original, and the container its own original.
+# Runs in the cri boot (scripts/vm-e2e.sh routes `sg-vm-group: cri` scenarios there).
 set -eu
 . /sg/lib.sh
-. /sg/mem-lib.sh
+. /sg/cri-lib.sh
 
 POD_ORIG="100000 100000"
 RESIZED="400000 100000"
-POD=$(sg_pod cgroupfs burstable "$(sg_uid own-pod-resize)")
-C=$(sg_container "$POD" containerd "$(sg_cid own-resize-proxy)" 500 100 256)
-APP=$(sg_container "$POD" containerd "$(sg_cid own-resize-app)" 500 250 256)
-sg_pod_limits "$POD" 1000 350 512
-sg_spawn "$C" proxy /bin/envoy --mode spin
-sg_spawn "$APP" app /bin/app --mode idle
-sg_save_dir "$C"
+C_ORIG="50000 100000"
+UID_P=$(sg_uid own-pod-resize)
+sg_cri_start
+sg_cri_pod mesh resize-1 "$UID_P" 1000 \
+	--container "istio-proxy|500|/bin/envoy --mode spin" \
+	--container "app|500|/bin/app --mode idle"
+POD=$SG_POD_DIR
+C=$(sg_cri_cg "$UID_P" "$(sg_cri_cid resize-1 istio-proxy)")
+APP=$(sg_cri_cg "$UID_P" "$(sg_cri_cid resize-1 app)")
+sg_check "an envoy runs in the istio-proxy container" sg_wait 10 sg_cri_runs "$C" envoy
 sg_expect "pod cpu.max as kubelet wrote it" "$(sg_cpu_max "$POD")" "$POD_ORIG"
+sg_expect "proxy cpu.max as runc wrote it from the CRI limit" "$(sg_cpu_max "$C")" "$C_ORIG"
+sg_save_dir "$C"
 sg_untouched_snapshot "$APP" >"$SG_RUN/untouched.own.before"
 
 sg_policy_write <<'EOT'
@@ -35,7 +45,9 @@ memory:
 EOT
 export SG_TRACE="P=$C POD=$POD"
 sg_trace_start
-sg_agent_start
+sg_agent_start --discovery cri --cri-endpoint "$SG_CRI_SOCK"
+sg_check "the proxy is governed under its runtime names (mesh/resize-1/istio-proxy)" \
+	sg_wait 30 sg_cri_named mesh resize-1 istio-proxy
 # Write while the agent is not itself writing the pod (no compare-and-swap on cgroup files):
 # raised, and the pod's cpu.max unchanged for 3 s.
 raised_steady() { sg_quota_at_least "$POD" 100001 && sg_unchanged_for "$POD/cpu.max" 3000; }
@@ -73,4 +85,5 @@ for f in $SG_GOVERNED_FILES; do
 done
 sg_untouched_snapshot "$APP" >"$SG_RUN/untouched.own.now"
 sg_check "app container unchanged" cmp -s "$SG_RUN/untouched.own.before" "$SG_RUN/untouched.own.now"
+sg_cri_cleanup
 sg_done

@@ -1,27 +1,37 @@
 #!/bin/sh
 # shellcheck shell=dash
-# Issue 8, cases 1 and 6 together (not in the issue's list), real kernel: the sidecar container
-# restarts while the agent is down. With cpu.allowAboveLimit a hot proxy (limit 500m, pod 1000m)
-# is raised with its pod; the agent is killed with SIGKILL; the container goes (its cgroup with
-# its process) and a new one (new id, same limits, idle) takes its place; the agent is started
-# again. The pod still holds the agent's last write and no governed container of it is left
-# that the agent raised: the restarted agent must give the pod back (its cpu.max at the
-# original within 10 s, before the new proxy is ever raised) and must not journal the raised pod
-# as the new container's pod original. The new proxy then turns hot and is raised: the pod stays
-# within original + (policy cpu.max - limit) = 2500m; after SIGTERM (exit 0) pod and container
-# are exactly their originals.
+# sg-vm-group: cri
+# Issue 8, cases 1 and 6 together (not in the issue's list), real kernel and real containerd:
+# the sidecar container restarts while the agent is down. One pod made through CRI (cri_driver,
+# as kubelet does): an istio-proxy container of 500m running the stand-in envoy, spinning, and an
+# app of 500m (the pod's cpu.max 1000m). The agent discovers through CRI (a runtime identity, so
+# cpu.allowAboveLimit applies) and raises the proxy with its pod; the agent is killed with
+# SIGKILL; the container is restarted as kubelet does it (StopContainer: runc removes its
+# cgroup; a new container of the same name in the same sandbox, metadata.attempt 1, a new id,
+# the same limits, idle); the agent is started again. The pod still holds the agent's last
+# write and no governed container of it is left that the agent raised: the restarted agent must
+# give the pod back (its cpu.max at the original within 10 s, before the new proxy is ever
+# raised) and must not journal the raised pod as the new container's pod original. The new
+# proxy then turns hot and is raised: the pod stays within original + (policy cpu.max - limit)
+# = 2500m; after SIGTERM (exit 0) pod and container are exactly their originals.
+# Runs in the cri boot (scripts/vm-e2e.sh routes `sg-vm-group: cri` scenarios there).
 set -eu
 . /sg/lib.sh
+. /sg/cri-lib.sh
 
 POD_ORIG="100000 100000"
 C_ORIG="50000 100000"
 BOUND=2500
-POD=$(sg_pod cgroupfs burstable "$(sg_uid own-restart-while-down)")
-APP=$(sg_container "$POD" containerd "$(sg_cid own-rwd-app)" 500 250 256)
-sg_pod_limits "$POD" 1000 350 512
-sg_spawn "$APP" app /bin/app --mode idle
-C=$(sg_container "$POD" containerd "$(sg_cid own-rwd-proxy-1)" 500 100 256)
-sg_spawn "$C" proxy-1 /bin/envoy --mode spin
+UID_P=$(sg_uid own-restart-while-down)
+sg_cri_start
+sg_cri_pod mesh rwd-1 "$UID_P" 1000 --mount "$SG_RUN/ctl:/ctl" \
+	--container "istio-proxy|500|/bin/envoy --mode spin" \
+	--container "app|500|/bin/app --mode idle"
+POD=$SG_POD_DIR
+APP=$(sg_cri_cg "$UID_P" "$(sg_cri_cid rwd-1 app)")
+CID=$(sg_cri_cid rwd-1 istio-proxy)
+C=$(sg_cri_cg "$UID_P" "$CID")
+sg_check "an envoy runs in the istio-proxy container" sg_wait 10 sg_cri_runs "$C" envoy
 sg_expect "pod cpu.max as kubelet wrote it" "$(sg_cpu_max "$POD")" "$POD_ORIG"
 sg_untouched_snapshot "$APP" >"$SG_RUN/untouched.own.before"
 sg_policy_write <<'EOT'
@@ -38,7 +48,7 @@ memory:
 EOT
 export SG_TRACE="POD=$POD"
 sg_trace_start
-sg_agent_start
+sg_agent_start --discovery cri --cri-endpoint "$SG_CRI_SOCK"
 raised() { sg_quota_at_least "$C" 50001 && sg_quota_at_least "$POD" 100001; }
 if sg_wait 30 raised; then
 	sleep 2
@@ -46,15 +56,19 @@ if sg_wait 30 raised; then
 else
 	sg_fail "not raised within 30 s (container $(sg_cpu_max "$C"), pod $(sg_cpu_max "$POD"))"
 fi
+sg_check "governed under its runtime names (mesh/rwd-1/istio-proxy)" sg_cri_named mesh rwd-1 istio-proxy
 sg_agent_stop KILL 5
-sg_container_gone "$C" || sg_fail "could not remove the container's cgroup"
+sg_cri_stop_container "$CID" || sg_fail "could not stop the container"
 CTL=$SG_RUN/ctl/own-rwd-2
 echo idle >"$CTL"
-C=$(sg_container "$POD" containerd "$(sg_cid own-rwd-proxy-2)" 500 100 256)
-sg_save_dir "$C"
-sg_spawn "$C" proxy-2 /bin/envoy --mode idle --control "$CTL"
+sg_cri_restart mesh rwd-1 "$UID_P" 1 rwd-2 --mount "$SG_RUN/ctl:/ctl" \
+	--container "istio-proxy|500|/bin/envoy --mode idle --control /ctl/own-rwd-2"
+CID=$(sg_cri_cid rwd-2 istio-proxy)
+C=$(sg_cri_cg "$UID_P" "$CID")
+sg_save_dir "$C" # the agent is down: as runc wrote them
+sg_check "an envoy runs in the new container" sg_wait 10 sg_cri_runs "$C" envoy
 sg_log "kill -9, container restarted while the agent was down; pod cpu.max '$(sg_cpu_max "$POD")'"
-sg_agent_start
+sg_agent_start --discovery cri --cri-endpoint "$SG_CRI_SOCK"
 if sg_wait 10 sg_file_is "$POD/cpu.max" "$POD_ORIG"; then
 	sg_ok "the restarted agent gave the pod back: '$POD_ORIG'"
 else
@@ -79,4 +93,5 @@ done
 sg_expect "new container cpu.max is kubelet's" "$(sg_orig "$C" cpu.max)" "$C_ORIG"
 sg_untouched_snapshot "$APP" >"$SG_RUN/untouched.own.now"
 sg_check "app container unchanged" cmp -s "$SG_RUN/untouched.own.before" "$SG_RUN/untouched.own.now"
+sg_cri_cleanup
 sg_done
