@@ -54,7 +54,7 @@ impl ProxyIo for CgroupIo<'_> {
     }
 
     fn read_cpu_burst(&mut self) -> Result<Option<u64>, CgroupError> {
-        actuator::read_cpu_burst(self.dir)
+        self.files.read_cpu_burst(self.buf)
     }
 
     fn write_cpu(
@@ -62,7 +62,8 @@ impl ProxyIo for CgroupIo<'_> {
         cpu_max: &CpuMax,
         burst: Option<(u64, u64)>,
     ) -> Result<(), CgroupError> {
-        actuator::write_cpu(self.dir, cpu_max, burst)
+        // Through the descriptors the sampler holds: no opens, no path lookups.
+        actuator::write_cpu_held(self.files, self.buf, cpu_max, burst)
     }
 
     fn sample_memory(&mut self, now: Instant) -> Option<Result<MemoryRaw, CgroupError>> {
