@@ -168,7 +168,7 @@ fn timed_tick(
     h: &mut common::harness::Harness,
     proxies: &mut [common::Container],
     phase: &str,
-) -> f64 {
+) -> Tick {
     for c in proxies.iter_mut() {
         c.run_for_a_second(1, 0);
     }
@@ -176,13 +176,32 @@ fn timed_tick(
     if profile {
         perf_ctl("enable");
     }
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), tick_cpu_ns());
     h.tick();
-    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let t = Tick {
+        wall: start.elapsed().as_secs_f64() * 1e3,
+        cpu: (tick_cpu_ns() - cpu) as f64 / 1e6,
+    };
     if profile {
         perf_ctl("disable");
     }
-    ms
+    t
+}
+
+/// One tick: wall time and this thread's CPU time, ms (CPU time leaves out waiting for the
+/// disk — fsyncs — and for a CPU on a busy machine).
+#[derive(Debug, Clone, Copy)]
+struct Tick {
+    wall: f64,
+    cpu: f64,
+}
+
+/// This thread's CPU time, ns (exact, unlike schedstat's last-tick figure).
+fn tick_cpu_ns() -> u64 {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 fn perf_ctl(cmd: &str) {
@@ -195,9 +214,14 @@ fn perf_ctl(cmd: &str) {
     }
 }
 
-/// One run of [`appearing`]: wall times in ms, bytes written by the journal.
+/// One run of [`appearing`]: wall times in ms (CPU times in ms, `*_cpu`), bytes written by
+/// the journal.
 #[derive(Debug, Clone, Copy)]
 struct Appear {
+    appear_cpu: f64,
+    first_cpu: f64,
+    steady_cpu: f64,
+    rescan_cpu: f64,
     appear: f64,
     appear_bytes: u64,
     first_write: f64,
@@ -236,7 +260,8 @@ fn appearing(n: usize) -> Appear {
     .expect("policy");
     let mut h = common::harness::Harness::new(&node, policy.clone(), false);
     let before = h.agent.journal().stats();
-    let appear = timed_tick(&mut h, &mut proxies, "appear");
+    let appear_tick = timed_tick(&mut h, &mut proxies, "appear");
+    let appear = appear_tick.wall;
     let appear_bytes = h.agent.journal().stats().bytes - before.bytes;
     let mut first_write = None;
     let mut writing = Vec::new();
@@ -252,18 +277,21 @@ fn appearing(n: usize) -> Appear {
             (false, true) => "first",
             (false, false) => "steady",
         };
-        let ms = timed_tick(&mut h, &mut proxies, phase);
+        let t = timed_tick(&mut h, &mut proxies, phase);
         let after = h.agent.journal().stats();
         let bytes = after.bytes - before.bytes;
         match (bytes, first_write, rescan) {
-            (0, _, true) => steady_rescan.push(ms),
-            (0, _, false) => steady.push(ms),
-            (_, None, _) => first_write = Some((ms, bytes, after.writes - before.writes)),
-            _ => writing.push(ms),
+            (0, _, true) => steady_rescan.push(t),
+            (0, _, false) => steady.push(t),
+            (_, None, _) => first_write = Some((t, bytes, after.writes - before.writes)),
+            _ => writing.push(t.wall),
         }
     }
-    let (first_write, first_bytes, first_flushes) =
+    let (first_tick, first_bytes, first_flushes) =
         first_write.expect("the proxies were never written");
+    let first_write = first_tick.wall;
+    let wall = |v: &[Tick]| median(v.iter().map(|t| t.wall).collect());
+    let cpu = |v: &[Tick]| median(v.iter().map(|t| t.cpu).collect());
     assert_eq!(h.agent.governed().len(), n, "every proxy governed");
     // Discovery alone on the same trees: the full pass a rescan makes.
     let mut discovery =
@@ -284,14 +312,18 @@ fn appearing(n: usize) -> Appear {
     );
     let (flush, flush_bytes) = flush_alone(n);
     Appear {
+        appear_cpu: appear_tick.cpu,
+        first_cpu: first_tick.cpu,
+        steady_cpu: cpu(&steady),
+        rescan_cpu: cpu(&steady_rescan),
         appear,
         appear_bytes,
         first_write,
         first_bytes,
         first_flushes,
         writing: median(writing),
-        steady: median(steady),
-        steady_rescan: median(steady_rescan),
+        steady: wall(&steady),
+        steady_rescan: wall(&steady_rescan),
         discovery: discovery_ms,
         flush,
         flush_bytes,
@@ -354,6 +386,18 @@ fn print_appear(label: &str, n: usize, a: &Appear) {
         a.appear / a.steady,
         a.appear / a.steady_rescan,
         a.first_write / a.steady,
+    );
+    println!(
+        "{:>7} {:>6} cpu: appear {:.2}, 1st write {:.2}, steady {:.2}, steady+rescan {:.2} ms; appear/steady {:.2}, appear/steady+rescan {:.2}, 1st write/steady {:.2}",
+        "",
+        n,
+        a.appear_cpu,
+        a.first_cpu,
+        a.steady_cpu,
+        a.rescan_cpu,
+        a.appear_cpu / a.steady_cpu,
+        a.appear_cpu / a.rescan_cpu,
+        a.first_cpu / a.steady_cpu,
     );
 }
 
@@ -451,6 +495,10 @@ fn main() {
         let m = |f: fn(&Appear) -> f64| median(runs.iter().map(f).collect());
         let mb = |f: fn(&Appear) -> u64| median(runs.iter().map(|a| f(a) as f64).collect()) as u64;
         let med = Appear {
+            appear_cpu: m(|a| a.appear_cpu),
+            first_cpu: m(|a| a.first_cpu),
+            steady_cpu: m(|a| a.steady_cpu),
+            rescan_cpu: m(|a| a.rescan_cpu),
             appear: m(|a| a.appear),
             appear_bytes: mb(|a| a.appear_bytes),
             first_write: m(|a| a.first_write),
@@ -472,6 +520,14 @@ fn main() {
             m(|a| a.appear / a.steady_rescan),
             m(|a| a.first_write / a.steady),
             m(|a| 100.0 * a.flush / a.first_write),
+        );
+        println!(
+            "{:>7} {:>6} cpu ratios (median of each run's): appear/steady {:.2}, appear/steady+rescan {:.2}, first write/steady {:.2}",
+            "",
+            n,
+            m(|a| a.appear_cpu / a.steady_cpu),
+            m(|a| a.appear_cpu / a.rescan_cpu),
+            m(|a| a.first_cpu / a.steady_cpu),
         );
     }
 }
