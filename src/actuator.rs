@@ -15,6 +15,7 @@ use crate::cgroup::{CgroupError, CpuMax, read_value, write_once, write_verified}
 use crate::discovery::cgroup_path::{parse_container_path, parse_pod_path};
 use crate::journal::{Journal, JournalError};
 use crate::ownership::{ContainerRecord, CpuMaxValue, Found, Limit, PodRecord};
+use crate::sampler::ProxyFiles;
 
 /// The kernel's page size: `memory.high` is stored in whole pages (4 KiB on x86-64, 16 or
 /// 64 KiB on some arm64 kernels), so values are rounded down to it before writing.
@@ -89,6 +90,65 @@ pub fn burst_target(current: Option<u64>, quota_us: Option<u64>, ratio: f64) -> 
     }
 }
 
+/// Where a container's CPU writes go: its files by path (opened for each write), or the
+/// descriptors the sampler holds open read-write ([`ProxyFiles`]). Either way each value is
+/// written whole in one `write(2)` and read back.
+trait CpuFiles {
+    /// The container's cgroup directory (for errors).
+    fn dir(&self) -> &Path;
+    /// Writes a validated `cpu.max` (`text` is its form on the file) and reads it back.
+    fn write_cpu_max(&mut self, text: &str, value: &CpuMax) -> Result<CpuMax, CgroupError>;
+    /// Writes `cpu.max.burst` and reads it back.
+    fn write_burst(&mut self, burst_us: u64) -> Result<(), CgroupError>;
+}
+
+/// A container's CPU files by path.
+struct ByPath<'a>(&'a Path);
+
+impl CpuFiles for ByPath<'_> {
+    fn dir(&self) -> &Path {
+        self.0
+    }
+    fn write_cpu_max(&mut self, text: &str, value: &CpuMax) -> Result<CpuMax, CgroupError> {
+        write_verified(self.0, "cpu.max", text, value, parse_cpu_max)
+    }
+    fn write_burst(&mut self, burst_us: u64) -> Result<(), CgroupError> {
+        write_burst(self.0, burst_us)
+    }
+}
+
+/// A container's CPU files through the descriptors its sampler holds (each falls back to the
+/// path when it is not held read-write).
+struct Held<'a> {
+    files: &'a ProxyFiles,
+    buf: &'a mut Vec<u8>,
+}
+
+impl CpuFiles for Held<'_> {
+    fn dir(&self) -> &Path {
+        self.files.dir()
+    }
+    fn write_cpu_max(&mut self, text: &str, value: &CpuMax) -> Result<CpuMax, CgroupError> {
+        self.files
+            .cpu_max_file()
+            .write_verified(self.buf, text, value, parse_cpu_max)
+    }
+    fn write_burst(&mut self, burst_us: u64) -> Result<(), CgroupError> {
+        match self.files.cpu_burst_file() {
+            Some(file) => file
+                .write_verified(
+                    self.buf,
+                    &burst_us.to_string(),
+                    &Some(burst_us),
+                    parse_u64_or_max,
+                )
+                .map(|_| ()),
+            // Not there when the proxy was found: the path says what the kernel says now.
+            None => write_burst(self.files.dir(), burst_us),
+        }
+    }
+}
+
 /// Writes a container's new `cpu.max` and, when it changes, its `cpu.max.burst`
 /// (`burst` = (now, to)): burst goes down before the quota and up after it, both read back.
 pub fn write_cpu(
@@ -96,21 +156,43 @@ pub fn write_cpu(
     cpu_max: &CpuMax,
     burst: Option<(u64, u64)>,
 ) -> Result<(), CgroupError> {
+    write_cpu_to(&mut ByPath(dir), cpu_max, burst)
+}
+
+/// [`write_cpu`] through the descriptors `files` holds open read-write (no path lookups, no
+/// opens): the same validation, order and read-back; `buf` is the scratch buffer for the
+/// read-backs.
+pub fn write_cpu_held(
+    files: &ProxyFiles,
+    buf: &mut Vec<u8>,
+    cpu_max: &CpuMax,
+    burst: Option<(u64, u64)>,
+) -> Result<(), CgroupError> {
+    write_cpu_to(&mut Held { files, buf }, cpu_max, burst)
+}
+
+fn write_cpu_to(
+    files: &mut impl CpuFiles,
+    cpu_max: &CpuMax,
+    burst: Option<(u64, u64)>,
+) -> Result<(), CgroupError> {
+    let text = cpu_max.to_string();
+    // Validated before anything is written (the burst included).
     cpu_max.validate().map_err(|reason| CgroupError::Invalid {
-        path: dir.join("cpu.max"),
-        value: cpu_max.to_string(),
+        path: files.dir().join("cpu.max"),
+        value: text.clone(),
         reason,
     })?;
     if let Some((now, to)) = burst
         && to < now
     {
-        write_burst(dir, to)?;
+        files.write_burst(to)?;
     }
-    write_cpu_max(dir, cpu_max)?;
+    files.write_cpu_max(&text, cpu_max)?;
     if let Some((now, to)) = burst
         && to > now
     {
-        write_burst(dir, to)?;
+        files.write_burst(to)?;
     }
     Ok(())
 }
@@ -648,5 +730,103 @@ mod tests {
                 "{key}"
             );
         }
+    }
+
+    /// A container's CPU files on tmpfs where there is one (plain files: these check the
+    /// order and the read-backs, not the kernel's rules).
+    fn cpu_fixture(cpu_max: &str, burst: &str) -> tempfile::TempDir {
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm).unwrap()
+        } else {
+            tempfile::tempdir().unwrap()
+        };
+        std::fs::write(dir.path().join("cpu.stat"), "usage_usec 0\n").unwrap();
+        std::fs::write(dir.path().join("cpu.max"), format!("{cpu_max}\n")).unwrap();
+        std::fs::write(dir.path().join("cpu.max.burst"), format!("{burst}\n")).unwrap();
+        dir
+    }
+
+    fn file(dir: &Path, name: &str) -> String {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    #[test]
+    fn held_cpu_write_validates_orders_and_reads_back() {
+        let dir = cpu_fixture("200000 100000", "80000");
+        let files = ProxyFiles::open(dir.path()).unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(files.read_cpu_burst(&mut buf).unwrap(), Some(80_000));
+        // Invalid: refused before anything is written, the burst included.
+        let bad = parse_cpu_max("500 100000").unwrap();
+        let err = write_cpu_held(&files, &mut buf, &bad, Some((80_000, 0))).unwrap_err();
+        assert_eq!(err.kind(), crate::metrics::ErrorKind::InvalidValue);
+        assert!(err.to_string().contains("cpu.max"), "{err}");
+        assert_eq!(file(dir.path(), "cpu.max"), "200000 100000");
+        assert_eq!(file(dir.path(), "cpu.max.burst"), "80000");
+        // Shrinking below the burst: both written and read back.
+        let v = parse_cpu_max("50000 100000").unwrap();
+        write_cpu_held(&files, &mut buf, &v, Some((80_000, 25_000))).unwrap();
+        assert_eq!(file(dir.path(), "cpu.max"), "50000 100000");
+        assert_eq!(file(dir.path(), "cpu.max.burst"), "25000");
+        assert_eq!(files.read_cpu_burst(&mut buf).unwrap(), Some(25_000));
+    }
+
+    #[test]
+    fn held_cpu_write_lowers_burst_before_quota_and_raises_it_after() {
+        // A burst file whose writes fail (/dev/full) shows the order: lowering the burst
+        // fails before cpu.max is touched; raising it fails after cpu.max was written.
+        if !Path::new("/dev/full").exists() {
+            return;
+        }
+        let dir = cpu_fixture("200000 100000", "0");
+        std::fs::remove_file(dir.path().join("cpu.max.burst")).unwrap();
+        std::os::unix::fs::symlink("/dev/full", dir.path().join("cpu.max.burst")).unwrap();
+        let files = ProxyFiles::open(dir.path()).unwrap();
+        let mut buf = Vec::new();
+        let v = parse_cpu_max("50000 100000").unwrap();
+        let err = write_cpu_held(&files, &mut buf, &v, Some((80_000, 25_000))).unwrap_err();
+        assert!(err.to_string().contains("cpu.max.burst"), "{err}");
+        assert_eq!(file(dir.path(), "cpu.max"), "200000 100000");
+        let v = parse_cpu_max("300000 100000").unwrap();
+        let err = write_cpu_held(&files, &mut buf, &v, Some((0, 100_000))).unwrap_err();
+        assert!(err.to_string().contains("cpu.max.burst"), "{err}");
+        assert_eq!(file(dir.path(), "cpu.max"), "300000 100000");
+    }
+
+    #[test]
+    fn held_and_path_writes_agree() {
+        let held = cpu_fixture("200000 100000", "0");
+        let path = cpu_fixture("200000 100000", "0");
+        let files = ProxyFiles::open(held.path()).unwrap();
+        let mut buf = Vec::new();
+        for (v, burst) in [
+            ("150000 100000", Some((0, 30_000))),
+            ("60000 100000", Some((30_000, 12_000))),
+            ("max 100000", None),
+            ("1000 1000", Some((12_000, 1_000))),
+        ] {
+            let v = parse_cpu_max(v).unwrap();
+            write_cpu_held(&files, &mut buf, &v, burst).unwrap();
+            write_cpu(path.path(), &v, burst).unwrap();
+            for f in ["cpu.max", "cpu.max.burst"] {
+                assert_eq!(file(held.path(), f), file(path.path(), f), "{f} after {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_burst_file_means_no_burst() {
+        let dir = cpu_fixture("200000 100000", "0");
+        std::fs::remove_file(dir.path().join("cpu.max.burst")).unwrap();
+        let files = ProxyFiles::open(dir.path()).unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(files.read_cpu_burst(&mut buf).unwrap(), None);
+        let v = parse_cpu_max("50000 100000").unwrap();
+        write_cpu_held(&files, &mut buf, &v, None).unwrap();
+        assert_eq!(file(dir.path(), "cpu.max"), "50000 100000");
     }
 }

@@ -415,7 +415,7 @@ impl Agent {
     fn adopt(&mut self, proxy: Proxy, mode: Mode, now: Instant) {
         let opened = ProxyFiles::open(&proxy.dir).and_then(|mut files| {
             let first = files.sample(&mut self.buf, Instant::now())?;
-            let burst = actuator::read_cpu_burst(&proxy.dir)?;
+            let burst = files.read_cpu_burst(&mut self.buf)?;
             Ok((files, first, burst))
         });
         let (files, first, burst) = match opened {
@@ -725,13 +725,12 @@ impl Agent {
     /// burst, and its hold on the pod when it may go above its own limit.
     fn stage_cpu(&mut self, key: &str, p: CpuPlan, gone: &mut Vec<String>) -> Option<CpuWrite> {
         let g = self.governed.get(key)?;
-        let dir = g.proxy.dir.clone();
         let pod_key = g.pod_key().to_string();
         let pod_dir = g.proxy.pod_dir.clone();
         let record = self.journal.container(key)?;
         // The burst in force now, reconciled like any owned value.
         let burst = match record.cpu_max_burst {
-            Some(_) => match actuator::read_cpu_burst(&dir) {
+            Some(_) => match g.files.read_cpu_burst(&mut self.buf) {
                 Ok(now) => now,
                 Err(e) if e.is_gone() => {
                     gone.push(key.to_string());

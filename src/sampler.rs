@@ -26,13 +26,18 @@ pub const TICK_FILES: &[&str] = &[
     "memory.pressure",
 ];
 
-/// The files read every tick for one proxy.
+/// The CPU files of one proxy: those read every tick, and `cpu.max` and `cpu.max.burst`
+/// held read-write so that the actuator writes and reads them back through the same
+/// descriptors ([`crate::actuator::write_cpu_held`]).
 #[derive(Debug)]
 pub struct ProxyFiles {
+    dir: Arc<Path>,
     cpu_stat: CgroupFile,
     cpu_max: CgroupFile,
     /// Absent when the kernel runs without PSI (`psi=0`, Debian's default).
     cpu_pressure: Option<CgroupFile>,
+    /// Absent when the kernel has no burst (before 5.14). Read only when a write is due.
+    cpu_max_burst: Option<CgroupFile>,
 }
 
 /// One tick's raw reading of a proxy's files.
@@ -45,14 +50,56 @@ pub struct RawSample {
 }
 
 impl ProxyFiles {
-    /// Opens the files of the container cgroup `dir`.
+    /// Opens the files of the container cgroup `dir` (`cpu.max` and `cpu.max.burst`
+    /// read-write where writing is allowed, read-only otherwise).
     pub fn open(dir: &Path) -> Result<Self, CgroupError> {
         let dir: Arc<Path> = Arc::from(dir);
+        let cpu_stat = CgroupFile::open(&dir, "cpu.stat")?;
+        let cpu_max = CgroupFile::open_rw(&dir, "cpu.max")?;
+        let cpu_pressure = CgroupFile::open(&dir, "cpu.pressure").ok();
+        let cpu_max_burst = match CgroupFile::open_rw(&dir, "cpu.max.burst") {
+            Ok(f) => Some(f),
+            // The cgroup is there (its cpu.max just opened): the kernel has no burst.
+            Err(CgroupError::Open { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                None
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Self {
-            cpu_stat: CgroupFile::open(&dir, "cpu.stat")?,
-            cpu_max: CgroupFile::open(&dir, "cpu.max")?,
-            cpu_pressure: CgroupFile::open(&dir, "cpu.pressure").ok(),
+            dir,
+            cpu_stat,
+            cpu_max,
+            cpu_pressure,
+            cpu_max_burst,
         })
+    }
+
+    /// The container cgroup's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `cpu.max`, held read-write where allowed.
+    pub fn cpu_max_file(&self) -> &CgroupFile {
+        &self.cpu_max
+    }
+
+    /// `cpu.max.burst` (`None` when the kernel has no burst).
+    pub fn cpu_burst_file(&self) -> Option<&CgroupFile> {
+        self.cpu_max_burst.as_ref()
+    }
+
+    /// Reads `cpu.max.burst` through the held descriptor (`None` when the kernel has no
+    /// burst; `max` reads as `u64::MAX`).
+    pub fn read_cpu_burst(&self, buf: &mut Vec<u8>) -> Result<Option<u64>, CgroupError> {
+        match &self.cpu_max_burst {
+            Some(file) => file
+                .read_parsed(buf, parse_u64_or_max)
+                .map(|v| Some(v.unwrap_or(u64::MAX))),
+            None => Ok(None),
+        }
     }
 
     /// Reads all files now. A PSI read failure drops PSI for this proxy rather than the sample.

@@ -217,17 +217,40 @@ fn a_vanished_cgroup_is_forgotten_quietly() {
     assert!(!m.contains(&envoy.pod_uid));
 }
 
+/// Sets or clears the immutable attribute of `path` with `chattr` (tmpfs supports it since
+/// Linux 6.0). False when it cannot be set here.
+fn immutable(path: &std::path::Path, on: bool) -> bool {
+    std::process::Command::new("chattr")
+        .arg(if on { "+i" } else { "-i" })
+        .arg(path)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 #[test]
 fn an_unwritable_cpu_max_is_counted_not_fatal() {
     let mut node = Node::new();
     let mut bad = proxy(&mut node, 1, 1);
     let mut good = proxy(&mut node, 2, 2);
+    // The bad one's cpu.max cannot be opened for writing (EPERM: immutable, as EROFS on a
+    // read-only mount): the agent holds it read-only, and every write, through a fresh
+    // open, is refused. (An immutable file is checked at open: a descriptor opened before
+    // could still write it.)
+    let cpu_max = bad.dir.join("cpu.max");
+    if !immutable(&cpu_max, true) {
+        eprintln!("skipped: cannot make a file immutable here (chattr +i)");
+        return;
+    }
+    struct Clear(std::path::PathBuf);
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            immutable(&self.0, false);
+        }
+    }
+    let _clear = Clear(cpu_max);
     let mut h = Harness::new(&node, policy(), false);
     h.tick();
-    // Writes to the bad one's cpu.max now fail (EISDIR): the agent keeps its open descriptor
-    // for reading, but every write is refused.
-    std::fs::remove_file(bad.dir.join("cpu.max")).unwrap();
-    std::fs::create_dir(bad.dir.join("cpu.max")).unwrap();
     for _ in 0..40 {
         bad.run_for_a_second(1, 0);
         run(&mut h, &mut [&mut good], 1, |_, _| 1);
@@ -237,10 +260,11 @@ fn an_unwritable_cpu_max_is_counted_not_fatal() {
         Some(100),
         "the healthy proxy is still governed"
     );
+    assert_eq!(bad.cpu_max(), TWO_CORES, "the refused one is unchanged");
     let m = h.metrics();
     assert!(
         m.lines()
-            .find(|l| l.starts_with("sidecar_governor_errors_total{kind=\"write\"}"))
+            .find(|l| l.starts_with("sidecar_governor_errors_total{kind=\"write_denied\"}"))
             .is_some_and(|l| !l.ends_with(" 0")),
         "{m}"
     );

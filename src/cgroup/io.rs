@@ -1,7 +1,9 @@
 //! File I/O on cgroup interface files: descriptors held open and re-read from offset 0 (the
 //! cheap way to sample, design notes §9), one-shot reads, and validated writes that are read
-//! back to confirm the kernel kept what was written. Every error names the file and the
-//! operation; a failed read is an error, never a zero.
+//! back to confirm the kernel kept what was written — through a descriptor held open
+//! read-write where there is one (one `ftruncate`, `pwrite` and `pread`, no path lookups),
+//! else through fresh opens. Every error names the file and the operation; a failed read is
+//! an error, never a zero.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -125,6 +127,8 @@ pub struct CgroupFile {
     dir: Arc<Path>,
     name: &'static str,
     file: Option<File>,
+    /// The held descriptor is open read-write (see [`CgroupFile::open_rw`]).
+    writable: bool,
 }
 
 impl Drop for CgroupFile {
@@ -144,15 +148,42 @@ impl CgroupFile {
             path: path.clone(),
             source,
         })?;
+        Ok(Self::hold(dir, name, file, false))
+    }
+
+    /// Opens `dir/name` read-write, to be read like [`CgroupFile::open`] and written with
+    /// [`CgroupFile::write_verified`] through the same descriptor. Where writing is not
+    /// allowed (a read-only mount, no permission) it is opened read-only instead, and a write
+    /// goes through a fresh open that reports the kernel's refusal.
+    pub fn open_rw(dir: &Arc<Path>, name: &'static str) -> Result<Self, CgroupError> {
+        let path = dir.join(name);
+        match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => Ok(Self::hold(dir, name, file, true)),
+            Err(e)
+                if matches!(
+                    errno_of(&e),
+                    Some(Errno::EACCES | Errno::EPERM | Errno::EROFS)
+                ) =>
+            {
+                Self::open(dir, name)
+            }
+            Err(source) => Err(CgroupError::Open { path, source }),
+        }
+    }
+
+    /// Keeps `file` open if the descriptor budget allows (else it is closed and the file is
+    /// opened for each read and write).
+    fn hold(dir: &Arc<Path>, name: &'static str, file: File, writable: bool) -> Self {
         let held = HELD.fetch_add(1, Ordering::Relaxed) < HELD_BUDGET.load(Ordering::Relaxed);
         if !held {
             HELD.fetch_sub(1, Ordering::Relaxed);
         }
-        Ok(Self {
+        Self {
             dir: dir.clone(),
             name,
             file: held.then_some(file),
-        })
+            writable: held && writable,
+        }
     }
 
     /// The file's path, for errors and logs.
@@ -231,6 +262,59 @@ impl CgroupFile {
             path: self.path(),
             source,
         })
+    }
+
+    /// True when writes go through the held descriptor (held, and opened read-write).
+    pub fn is_writable(&self) -> bool {
+        self.writable && self.file.is_some()
+    }
+
+    /// Writes `value` whole in one `write(2)` and reads it back, as [`write_verified`] does,
+    /// but through the held read-write descriptor: `ftruncate` (what `O_TRUNC` does at an
+    /// open: ignored by cgroupfs, and keeps plain-file fixtures honest), `pwrite` at offset 0,
+    /// then `pread` from offset 0 into `buf`. The write counts only when the parsed read-back
+    /// equals `expected`. Without such a descriptor it is [`write_verified`] on the path.
+    pub fn write_verified<T: PartialEq + std::fmt::Debug>(
+        &self,
+        buf: &mut Vec<u8>,
+        value: &str,
+        expected: &T,
+        parse: impl FnOnce(&str) -> Result<T, ParseError>,
+    ) -> Result<T, CgroupError> {
+        let Some(file) = self.file.as_ref().filter(|_| self.writable) else {
+            return write_verified(&self.dir, self.name, value, expected, parse);
+        };
+        let write = || -> io::Result<()> {
+            file.set_len(0)?;
+            let n = loop {
+                match file.write_at(value.as_bytes(), 0) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    other => break other?,
+                }
+            };
+            // One value per write(2): a part of it is not the value, and is not retried.
+            if n != value.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short write: {n} of {} bytes", value.len()),
+                ));
+            }
+            Ok(())
+        };
+        write().map_err(|source| CgroupError::Write {
+            path: self.path(),
+            value: value.to_string(),
+            source,
+        })?;
+        let read = self.read_parsed(buf, parse)?;
+        if &read != expected {
+            return Err(CgroupError::Verify {
+                path: self.path(),
+                wrote: value.to_string(),
+                read: format!("{read:?}"),
+            });
+        }
+        Ok(read)
     }
 }
 
@@ -346,8 +430,16 @@ mod tests {
         assert_eq!(file.read_into(&mut buf).unwrap(), "x 1\n");
     }
 
+    /// The tests that change or depend on the descriptor budget (a process-wide static) run
+    /// one at a time.
+    fn budget_lock() -> std::sync::MutexGuard<'static, ()> {
+        static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     #[test]
     fn past_the_budget_files_are_opened_per_read() {
+        let _budget = budget_lock();
         // Runs alone in this process's counter space only loosely (tests share statics), so it
         // checks relative behaviour: with a budget of what is held now, a new file is unheld.
         let dir = tempfile::tempdir().unwrap();
@@ -411,5 +503,116 @@ mod tests {
         let err = write_verified(dir.path(), "cpu.max", "50000 100000", &other, parse_cpu_max)
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Verify);
+    }
+
+    /// A fixture directory on tmpfs where there is one (plain files: this checks the
+    /// descriptor handling, not what cgroupfs does with a write).
+    fn fixture_dir() -> tempfile::TempDir {
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            tempfile::tempdir_in(shm).unwrap()
+        } else {
+            tempfile::tempdir().unwrap()
+        }
+    }
+
+    #[test]
+    fn held_read_write_descriptor_writes_and_reads_back() {
+        let _budget = budget_lock();
+        let dir = fixture_dir();
+        let path = dir.path().join("cpu.max");
+        std::fs::write(&path, "200000 100000\n").unwrap();
+        let d: Arc<Path> = Arc::from(dir.path());
+        let file = CgroupFile::open_rw(&d, "cpu.max").unwrap();
+        assert!(file.is_held() && file.is_writable());
+        let mut buf = Vec::new();
+        let want = parse_cpu_max("50000 100000").unwrap();
+        // A shorter value over a longer one: the whole file is the new value.
+        let got = file
+            .write_verified(&mut buf, "50000 100000", &want, parse_cpu_max)
+            .unwrap();
+        assert_eq!(got, want);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "50000 100000");
+        // The same descriptor reads what someone else wrote since, from offset 0.
+        std::fs::write(&path, "300000 100000\n").unwrap();
+        assert_eq!(
+            file.read_parsed(&mut buf, parse_cpu_max).unwrap(),
+            parse_cpu_max("300000 100000").unwrap()
+        );
+        let want = parse_cpu_max("max 100000").unwrap();
+        file.write_verified(&mut buf, "max 100000", &want, parse_cpu_max)
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "max 100000");
+    }
+
+    #[test]
+    fn held_write_verify_failure_names_the_path() {
+        let dir = fixture_dir();
+        std::fs::write(dir.path().join("cpu.max"), "200000 100000\n").unwrap();
+        let d: Arc<Path> = Arc::from(dir.path());
+        let file = CgroupFile::open_rw(&d, "cpu.max").unwrap();
+        let mut buf = Vec::new();
+        // The read-back parses to something else than what was meant.
+        let other = parse_cpu_max("60000 100000").unwrap();
+        let err = file
+            .write_verified(&mut buf, "50000 100000", &other, parse_cpu_max)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Verify);
+        let text = err.to_string();
+        assert!(text.starts_with("verify "), "{text}");
+        assert!(
+            text.contains(&dir.path().join("cpu.max").display().to_string()),
+            "{text}"
+        );
+        // A read-back that does not parse is a parse error on the same path.
+        let err = file
+            .write_verified(&mut buf, "banana", &other, parse_cpu_max)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Parse);
+        assert!(err.to_string().contains("cpu.max"), "{err}");
+    }
+
+    #[test]
+    fn held_write_error_names_the_path_and_value() {
+        // /dev/full: opened read-write, refuses to be truncated or written.
+        let dev: Arc<Path> = Arc::from(Path::new("/dev"));
+        let Ok(file) = CgroupFile::open_rw(&dev, "full") else {
+            return;
+        };
+        let mut buf = Vec::new();
+        let err = file
+            .write_verified(&mut buf, "1000", &Some(1000), parse_u64_or_max)
+            .unwrap_err();
+        assert!(matches!(err, CgroupError::Write { .. }), "{err:?}");
+        assert!(
+            err.to_string().starts_with("write \"1000\" to /dev/full:"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unheld_read_write_file_writes_through_the_path() {
+        let _budget = budget_lock();
+        let dir = fixture_dir();
+        std::fs::write(dir.path().join("cpu.max.burst"), "0\n").unwrap();
+        let d: Arc<Path> = Arc::from(dir.path());
+        set_held_budget(0);
+        let file = CgroupFile::open_rw(&d, "cpu.max.burst").unwrap();
+        set_held_budget(usize::MAX);
+        assert!(!file.is_held() && !file.is_writable());
+        let mut buf = Vec::new();
+        file.write_verified(&mut buf, "5000", &Some(5000), parse_u64_or_max)
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("cpu.max.burst")).unwrap(),
+            "5000"
+        );
+        // Through the path, a vanished file is a write error that says the file is gone.
+        std::fs::remove_file(dir.path().join("cpu.max.burst")).unwrap();
+        let err = file
+            .write_verified(&mut buf, "0", &Some(0), parse_u64_or_max)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::WriteGone);
+        assert!(!dir.path().join("cpu.max.burst").exists());
     }
 }

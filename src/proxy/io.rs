@@ -56,7 +56,8 @@ impl ProxyIo for CgroupIo<'_> {
         cpu_max: &CpuMax,
         burst: Option<(u64, u64)>,
     ) -> Result<(), CgroupError> {
-        actuator::write_cpu(self.dir, cpu_max, burst)
+        // Through the descriptors the sampler holds: no opens, no path lookups.
+        actuator::write_cpu_held(self.files, self.buf, cpu_max, burst)
     }
 
     fn sample_memory(&mut self, now: Instant) -> Option<Result<MemoryRaw, CgroupError>> {
