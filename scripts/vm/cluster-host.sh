@@ -186,6 +186,14 @@ sg_cluster_host_extra() {
 	cp "$SG_CLUSTER_BIN_ETCD/etcd" "$SG_CLUSTER_BIN_ETCD/etcdctl" "$root/usr/local/bin/"
 	for b in containerd containerd-shim-runc-v2 ctr; do cp "$SG_CLUSTER_BIN_CONTAINERD/$b" "$root/usr/local/bin/"; done
 	cp "$SG_CLUSTER_BIN_HELM/helm" "$root/usr/local/bin/"
+	# Debian's Prometheus, scraping the agent as the ServiceMonitor says (as scripts/prometheus-e2e.sh
+	# gets it: apt when missing).
+	if ! command -v prometheus >/dev/null; then
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } </dev/null >&2 ||
+			sg_host_die "cannot install prometheus (apt)"
+	fi
+	cp "$(command -v prometheus)" "$root/usr/local/bin/"
+	sg_host_copy_libs "$root" "$(command -v prometheus)"
 	cp "$SG_CLUSTER_ROOT/usr/sbin/runc" "$SG_CLUSTER_ROOT/usr/sbin/nft" "$root/usr/sbin/"
 	for b in bridge host-local loopback; do cp "$SG_CLUSTER_ROOT/usr/lib/cni/$b" "$root/opt/cni/bin/"; done
 	# Libraries of the Debian binaries, from the unpacked packages first, else the host's.

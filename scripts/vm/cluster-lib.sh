@@ -200,3 +200,39 @@ sg_agent_metrics() {
 	timeout 5 wget -q -O "$SG_RUN/metrics.txt" "http://$_ip:9477/metrics"
 }
 sg_agent_has() { sg_agent_metrics && grep -q -e "$1" "$SG_RUN/metrics.txt"; }
+
+# Phases a debugging run leaves out: SG_CLUSTER_SKIP=events,prometheus on the host becomes
+# sg.cluster_skip= on the kernel command line. A run that skipped anything never passes (the
+# scenario fails at its end naming what it left out).
+SG_CLUSTER_SKIP=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^sg\.cluster_skip=//p' | tail -n 1 | tr , ' ')
+sg_phase_wanted() {
+	case " $SG_CLUSTER_SKIP " in
+	*" $1 "*)
+		echo "PHASE $1 SKIPPED (sg.cluster_skip)"
+		echo "$1" >>"$SG_RUN/skipped"
+		return 1
+		;;
+	esac
+	return 0
+}
+
+# sg_agent_api_check PID: from the agent process's own network namespace, with its own
+# ServiceAccount token and CA (as its kube client sees them) and the KUBERNETES_SERVICE_* address
+# the kubelet gave it, ask the API server whether it may create events.k8s.io Events in shop.
+# Prints kubectl's answer ("yes") or its error.
+sg_agent_api_check() {
+	_sa=/proc/$1/root/var/run/secrets/kubernetes.io/serviceaccount
+	_host=$(tr '\0' '\n' <"/proc/$1/environ" | sed -n 's/^KUBERNETES_SERVICE_HOST=//p')
+	_port=$(tr '\0' '\n' <"/proc/$1/environ" | sed -n 's/^KUBERNETES_SERVICE_PORT=//p')
+	cp "$_sa/ca.crt" "$SG_RUN/sa-ca.crt" && cp "$_sa/token" "$SG_RUN/sa-token" || return 1
+	cat >"$SG_RUN/sa.conf" <<EOC
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://$_host:$_port", certificate-authority: $SG_RUN/sa-ca.crt}}]
+users: [{name: u, user: {tokenFile: $SG_RUN/sa-token}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+EOC
+	echo "via https://$_host:$_port: $(nsenter -t "$1" -n kubectl --kubeconfig="$SG_RUN/sa.conf" --request-timeout=30s \
+		auth can-i create events.events.k8s.io -n shop 2>&1 | tr '\n' ' ')"
+}
