@@ -55,8 +55,10 @@ sg_bg() {
 
 sg_cluster_net() {
 	# crc32c_generic first: libcrc32c (nf_tables, nf_conntrack) asks the crypto API for crc32c (a softdep).
+	# kube-proxy's rules need nft_reject_ipv4/ipv6 (see SG_CLUSTER_MODULES in cluster-host.sh).
 	for _m in crc32c_generic bridge br_netfilter veth dummy nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_fib_inet \
-		nft_fib_ipv4 nft_fib_ipv6 nft_numgen nft_reject_inet nft_limit nft_hash nf_conntrack nf_nat nf_conntrack_netlink overlay; do
+		nft_fib_ipv4 nft_fib_ipv6 nft_numgen nft_reject_inet nft_reject_ipv4 nft_reject_ipv6 nft_objref nft_limit nft_hash \
+		nft_log nft_quota nft_redir nf_conntrack nf_nat nf_conntrack_netlink overlay; do
 		modprobe "$_m" 2>>"$SG_CLOG/modprobe.log" || sg_log "modprobe $_m failed: $(tail -n 1 "$SG_CLOG/modprobe.log")"
 	done
 	ip link set dummy0 name node0 2>/dev/null || ip link add node0 type dummy
@@ -146,6 +148,14 @@ sg_cluster_node() {
 		return 1
 	fi
 	sg_phase node-ready
+	# kube-proxy's nftables transaction is all or nothing: the kubernetes Service's address in its
+	# cluster-ips set means every rule went in (the agent's Events go through that address).
+	if ! sg_wait 180 sh -c 'nft list set ip kube-proxy cluster-ips 2>/dev/null | grep -q 10.96.0.1'; then
+		sg_fail "kube-proxy did not program the kubernetes Service (10.96.0.1) into nftables within 180 s"
+		grep -a -A4 'sync failed' "$SG_CLOG/kube-proxy.log" | tail -n 12 | cut -c1-250 | sed 's/^/  kube-proxy| /'
+	else
+		sg_log "kube-proxy: the kubernetes Service in nftables ($(nft list table ip kube-proxy | wc -l) lines)"
+	fi
 }
 
 # The whole cluster, phase by phase.
@@ -235,4 +245,23 @@ current-context: x
 EOC
 	echo "via https://$_host:$_port: $(nsenter -t "$1" -n kubectl --kubeconfig="$SG_RUN/sa.conf" --request-timeout=30s \
 		auth can-i create events.events.k8s.io -n shop 2>&1 | tr '\n' ' ')"
+}
+
+# sg_agent_net_diag PID: why the agent's network namespace does not reach the API server: its
+# routes, a TCP connect straight to the API server and one to the kubernetes Service address,
+# kube-proxy's nftables rules for that Service and kube-proxy's last lines.
+sg_agent_net_diag() {
+	echo "--- the agent's network namespace"
+	nsenter -t "$1" -n ip -4 addr 2>&1 | sed 's/^/  ip| /'
+	nsenter -t "$1" -n ip -4 route 2>&1 | sed 's/^/  route| /'
+	for _t in "$SG_NODE_IP 6443" "10.96.0.1 443"; do
+		# shellcheck disable=SC2086 # host and port
+		nsenter -t "$1" -n timeout 8 nc $_t </dev/null >/dev/null 2>&1
+		echo "  tcp connect to $_t from the pod network: exit $? (0 connected, 124 no answer)"
+	done
+	echo "--- nft: kube-proxy's table ($(nft list table ip kube-proxy 2>/dev/null | wc -l) lines)"
+	nft list table ip kube-proxy 2>&1 | grep -n -e 'hook' -e '10.96.0.1' -e 'dnat' -e 'masquerade' | head -n 20 | cut -c1-200 | sed 's/^/  nft| /'
+	nft list ruleset 2>/dev/null | grep -c 'table' | sed 's/^/  nft tables: /'
+	echo "--- kube-proxy: last lines"
+	tail -n 15 "$SG_CLOG/kube-proxy.log" | cut -c1-300 | sed 's/^/  kube-proxy| /'
 }

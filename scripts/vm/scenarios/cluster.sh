@@ -112,6 +112,7 @@ sg_log "agent log: $(grep -m 1 'Kubernetes Events' "$AGENT_LOG" | cut -c1-300)"
 api=$([ -n "$apid" ] && sg_agent_api_check "$apid" 2>&1 || echo "no agent process")
 api_yes() { case $api in *": yes"*) return 0 ;; esac; return 1; }
 sg_check "the agent's ServiceAccount, from the agent's network namespace, may create Events in shop ($api)" api_yes
+if ! api_yes && [ -n "$apid" ]; then sg_agent_net_diag "$apid"; fi
 sg_check "agent /metrics over the pod network: CRI discovery" sg_wait 30 sg_agent_has '^sidecar_governor_discovery_source{source="cri"} 1$'
 sg_check "agent governs the three sidecars (sidecar_governor_proxies 3)" sg_wait 60 sg_agent_has '^sidecar_governor_proxies 3$'
 
@@ -174,42 +175,43 @@ sg_phase events
 fi
 
 # ---------------------------------------------------------------------------------------------
-# Prometheus (Debian's) scrapes the agent as the ServiceMonitor tells it to: EndpointSlices of
-# the headless Service selected by the ServiceMonitor's labels, its port name and path,
-# honor_labels, its relabelings; discovery through the API server with a ServiceAccount token.
+# Prometheus (Debian's) scrapes the agent as the ServiceMonitor tells it to: the Services its
+# selector picks in its namespaceSelector, their EndpointSlices, the port it names, its path,
+# honor_labels and its relabeling (node from the pod's node). Debian's Prometheus is built
+# without Kubernetes service discovery (its `kubernetes_sd_configs` is not there), so the
+# EndpointSlices are read with kubectl and handed to it as file_sd targets with the labels
+# Kubernetes discovery would give (namespace, service, pod, node).
 if sg_phase_wanted prometheus; then
-	k apply -f "$SG_CLUSTER_DIR/prometheus.yaml" >/dev/null
 	smon() { k -n sidecar-governor get servicemonitor sidecar-governor -o jsonpath="$1"; }
+	sm_ns=$(smon '{.spec.namespaceSelector.matchNames[0]}')
 	sm_sel=$(smon '{.spec.selector.matchLabels.app\.kubernetes\.io/name}')
 	sm_port=$(smon '{.spec.endpoints[0].port}')
 	sm_path=$(smon '{.spec.endpoints[0].path}')
 	sm_honor=$(smon '{.spec.endpoints[0].honorLabels}')
-	sm_relabel=$(smon '{.spec.endpoints[0].relabelings[0].sourceLabels[0]} {.spec.endpoints[0].relabelings[0].targetLabel}')
-	sg_log "ServiceMonitor: selector app.kubernetes.io/name=$sm_sel port=$sm_port path=$sm_path honorLabels=$sm_honor relabel=$sm_relabel"
-	k -n monitoring create token prometheus --duration=2h >"$SG_RUN/prom-token" 2>"$SG_RUN/prom-token.err" ||
-		sg_fail "kubectl create token prometheus: $(cat "$SG_RUN/prom-token.err")"
+	sm_relabel=$(smon '{.spec.endpoints[0].relabelings[0].sourceLabels[0]}>{.spec.endpoints[0].relabelings[0].targetLabel}')
+	sg_log "ServiceMonitor: namespace $sm_ns, Services app.kubernetes.io/name=$sm_sel, port $sm_port, path $sm_path, honorLabels $sm_honor, relabel $sm_relabel"
+	sm_svc=$(k -n "$sm_ns" get svc -l "app.kubernetes.io/name=$sm_sel" -o jsonpath='{.items[0].metadata.name}')
+	sm_pnum=$(k -n "$sm_ns" get endpointslices -l "kubernetes.io/service-name=$sm_svc" -o jsonpath="{.items[0].ports[?(@.name==\"$sm_port\")].port}")
+	k -n "$sm_ns" get endpointslices -l "kubernetes.io/service-name=$sm_svc" \
+		-o jsonpath='{range .items[*]}{range .endpoints[*]}{.addresses[0]} {.targetRef.name} {.nodeName}{"\n"}{end}{end}' >"$SG_RUN/slices.txt"
+	sg_log "EndpointSlices of Service $sm_svc: $(tr '\n' ';' <"$SG_RUN/slices.txt") port $sm_port=$sm_pnum"
 	mkdir -p "$SG_RUN/prom"
+	# The relabeling's target label from its source (only __meta_kubernetes_pod_node_name is known here).
+	sm_target=${sm_relabel#*>}
+	[ "${sm_relabel%>*}" = __meta_kubernetes_pod_node_name ] || sg_fail "ServiceMonitor relabeling $sm_relabel: not the one this test maps"
+	awk -v ns="$sm_ns" -v svc="$sm_svc" -v port="$sm_pnum" -v tl="$sm_target" 'BEGIN { printf "[" }
+		NF >= 3 { printf "%s{\"targets\":[\"%s:%s\"],\"labels\":{\"namespace\":\"%s\",\"service\":\"%s\",\"pod\":\"%s\",\"%s\":\"%s\"}}", (n++ ? "," : ""), $1, port, ns, svc, $2, tl, $3 }
+		END { print "]" }' "$SG_RUN/slices.txt" >"$SG_RUN/prom/targets.json"
 	cat >"$SG_RUN/prometheus.yml" <<EOP
 global: {scrape_interval: 3s, scrape_timeout: 2s, evaluation_interval: 3s}
 scrape_configs:
-  - job_name: serviceMonitor/sidecar-governor/sidecar-governor/0
+  - job_name: serviceMonitor/$sm_ns/sidecar-governor/0
     honor_labels: ${sm_honor:-false}
     metrics_path: $sm_path
-    kubernetes_sd_configs:
-      - role: endpointslice
-        api_server: https://$SG_NODE_IP:6443
-        tls_config: {ca_file: $SG_K/pki/ca.crt}
-        authorization: {credentials_file: $SG_RUN/prom-token}
-        namespaces: {names: [sidecar-governor]}
-    relabel_configs:
-      - {source_labels: [__meta_kubernetes_service_label_app_kubernetes_io_name], regex: "$sm_sel", action: keep}
-      - {source_labels: [__meta_kubernetes_endpointslice_port_name], regex: "$sm_port", action: keep}
-      - {source_labels: [__meta_kubernetes_namespace], target_label: namespace}
-      - {source_labels: [__meta_kubernetes_service_name], target_label: service}
-      - {source_labels: [__meta_kubernetes_pod_name], target_label: pod}
-      - {source_labels: [${sm_relabel% *}], target_label: ${sm_relabel#* }, action: replace}
+    file_sd_configs:
+      - files: [$SG_RUN/prom/targets.json]
 EOP
-	sg_bg prometheus prometheus --config.file="$SG_RUN/prometheus.yml" --storage.tsdb.path="$SG_RUN/prom" \
+	sg_bg prometheus prometheus --config.file="$SG_RUN/prometheus.yml" --storage.tsdb.path="$SG_RUN/prom/data" \
 		--web.listen-address=127.0.0.1:9090 --log.level=warn
 	# prom_q QUERY: the first result's value of an instant query (the query percent-encoded).
 	prom_q() {
