@@ -329,7 +329,7 @@ if sg_phase_wanted annotate; then
 		else
 			sg_fail "typo's sidecar: cpu.max $(sg_cpu_max "$S_T") after 150 s, not the policy's floor"
 		fi
-		sg_check "agent log: quiet's sidecar seen with mode off" grep -q '"pod":"quiet".*"mode":"off"' "$AGENT_LOG"
+		# (mode off is logged at debug only: the kernel's file and the metrics say it.)
 		sg_expect "quiet's sidecar (mode off) untouched while typo's, as old, reached the floor" "$(sg_cpu_max "$S_Q")" "$ORIG"
 		sg_check "metrics: no quota series for quiet (mode off)" sh -c "! grep -q '^sidecar_governor_cpu_quota_millicores{namespace=\"shop\",pod=\"quiet\"' '$SG_RUN/metrics.txt'"
 	else
