@@ -12,6 +12,8 @@
 # Phases are timed (PHASE lines); a failure prints the last lines of the kubelet's, the agent's
 # and the API server's logs. Runs in its own boot (scripts/vm-e2e.sh cluster).
 set -eu
+# Nothing here reads the console: a command missing its input file gets EOF, not a hang.
+exec </dev/null
 . /sg/lib.sh
 . /sg/cluster-lib.sh
 
@@ -276,7 +278,7 @@ metric_is() { [ "$(metric_value "$1")" = "$2" ]; }
 # orig_of POD [CONTAINER_ID]: the agent's cpu_original_millicores of the pod's istio-proxy.
 orig_of() {
 	sg_agent_metrics && awk -v p="sidecar_governor_cpu_original_millicores{namespace=\"shop\",pod=\"$1\",container=\"istio-proxy\"" \
-		-v c="${2:-}" 'index($0, p) == 1 && (c == "" || index($0, "container_id=\"" c "\"")) { print $NF + 0 }'
+		-v c="${2:-}" 'index($0, p) == 1 && (c == "" || index($0, "container_id=\"" c "\"")) { print $NF + 0 }' "$SG_RUN/metrics.txt"
 }
 orig_is() { [ "$(orig_of "$1" "${3:-}")" = "$2" ]; }
 metric_at_least() { _v=$(metric_value "$1") && [ -n "$_v" ] && [ "${_v%.*}" -ge "$2" ]; }
