@@ -234,10 +234,22 @@ pub fn pod_reference(event: &PodEvent) -> ObjectReference {
     }
 }
 
-/// Publishes queued Events until every sender is gone. Failures are counted and logged (the
-/// first one at warn, then at debug, so a missing RBAC rule does not flood the log).
-pub async fn publish(mut rx: mpsc::Receiver<PodEvent>, recorder: Recorder, shared: Arc<Shared>) {
+/// How long writing one Event may take. kube's client has no read timeout by default: an API
+/// server (or a Service address) that accepts the connection and never answers would otherwise
+/// hold up this Event and every later one, with nothing counted or logged.
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Publishes queued Events until every sender is gone, each within `timeout`. Failures (and
+/// timeouts) are counted and logged (the first one at warn, then at debug, so a missing RBAC
+/// rule does not flood the log); the first Event written is logged at info.
+pub async fn publish(
+    mut rx: mpsc::Receiver<PodEvent>,
+    recorder: Recorder,
+    shared: Arc<Shared>,
+    timeout: Duration,
+) {
     let mut warned = false;
+    let mut sent_one = false;
     while let Some(event) = rx.recv().await {
         let reference = pod_reference(&event);
         let k8s = Event {
@@ -247,8 +259,24 @@ pub async fn publish(mut rx: mpsc::Receiver<PodEvent>, recorder: Recorder, share
             action: event.reason.action().into(),
             secondary: None,
         };
-        match recorder.publish(&k8s, &reference).await {
-            Ok(()) => shared.metrics.event("sent"),
+        let outcome = match tokio::time::timeout(timeout, recorder.publish(&k8s, &reference)).await
+        {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+        };
+        match outcome {
+            Ok(()) => {
+                shared.metrics.event("sent");
+                if !sent_one {
+                    info!(
+                        namespace = event.namespace,
+                        pod = event.pod,
+                        reason = event.reason.as_str(),
+                        "first Kubernetes Event written"
+                    );
+                    sent_one = true;
+                }
+            }
             Err(e) => {
                 shared.metrics.event("failed");
                 if warned {
@@ -284,7 +312,7 @@ pub fn start(
 ) -> (Arc<EventQueue>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let recorder = Recorder::new(client, reporter());
-    let task = tokio::spawn(publish(rx, recorder, shared.clone()));
+    let task = tokio::spawn(publish(rx, recorder, shared.clone(), PUBLISH_TIMEOUT));
     (Arc::new(EventQueue::new(tx, limit, shared)), task)
 }
 
@@ -299,9 +327,10 @@ pub fn in_cluster_client() -> Option<kube::Client> {
             return None;
         }
     };
+    let cluster_url = config.cluster_url.clone();
     match kube::Client::try_from(config) {
         Ok(client) => {
-            info!("Kubernetes Events on (in-cluster credentials)");
+            info!(server = %cluster_url, "Kubernetes Events on (in-cluster credentials)");
             Some(client)
         }
         Err(e) => {

@@ -543,6 +543,54 @@ async fn event_failures_are_counted_not_fatal() {
     );
 }
 
+// An API server that takes the request and never answers (kube's client has no read timeout):
+// that Event times out and is counted as failed, and the next one is still written.
+#[tokio::test]
+async fn an_unanswered_event_times_out_and_the_next_is_sent() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let shared = Arc::new(Shared::default());
+    let recorder = kube::runtime::events::Recorder::new(client, events::reporter());
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let task = tokio::spawn(events::publish(
+        rx,
+        recorder,
+        shared.clone(),
+        Duration::from_millis(300),
+    ));
+    let ev = |pod: &str| PodEvent {
+        namespace: "shop".into(),
+        pod: pod.into(),
+        pod_uid: String::new(),
+        reason: EventReason::AtFloor,
+        message: "m".into(),
+    };
+    tx.send(ev("cart-hung")).await.unwrap();
+    tx.send(ev("cart-next")).await.unwrap();
+    // The first request is taken and never answered (its responder kept alive).
+    let (_hung, _responder) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
+        .await
+        .expect("a request within 10s")
+        .expect("a request");
+    let (method, _, body) = next_call(&mut handle).await;
+    assert_eq!(method, "POST");
+    assert_eq!(body["regarding"]["name"], "cart-next");
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+    let text = shared.metrics.encode();
+    assert!(
+        text.contains("sidecar_governor_events_total{result=\"failed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sidecar_governor_events_total{result=\"sent\"} 1"),
+        "{text}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // `status` against the real router.
 

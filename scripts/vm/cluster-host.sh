@@ -21,7 +21,9 @@
 SG_CLUSTER_ROOT=${SG_CLUSTER_ROOT:-$SG_VM_CACHE/cluster-root}
 SG_CLUSTER_DEBS="runc containernetworking-plugins nftables libnftables1 libnftnl11 libmnl0 libjansson4 libgmp10 libxtables12 libedit2 libbsd0 libmd0 libtinfo6 libseccomp2"
 # Modules the node needs (dependencies are added from modules.dep).
-SG_CLUSTER_MODULES="crc32c_generic bridge br_netfilter veth dummy nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_fib_inet nft_fib_ipv4 nft_fib_ipv6 nft_numgen nft_reject_inet nft_limit nft_hash nf_conntrack nf_nat nf_conntrack_netlink overlay"
+# kube-proxy's nftables rules `reject` in its ip and ip6 tables (nft_reject_ipv4/ipv6, not the
+# inet family's module): without them its whole transaction fails and no Service address works.
+SG_CLUSTER_MODULES="crc32c_generic bridge br_netfilter veth dummy nf_tables nft_chain_nat nft_nat nft_masq nft_ct nft_fib_inet nft_fib_ipv4 nft_fib_ipv6 nft_numgen nft_reject_inet nft_reject_ipv4 nft_reject_ipv6 nft_objref nft_limit nft_hash nft_log nft_quota nft_redir nf_conntrack nf_nat nf_conntrack_netlink overlay"
 
 sg_cluster_host_build() {
 	local out
@@ -83,7 +85,7 @@ sg_cluster_host_modules() {
 	ver=$(basename "$SG_KERNEL")
 	ver=${ver#vmlinuz-}
 	SG_CLUSTER_MODDIR=$SG_VM_CACHE/cluster-modules/$ver
-	[[ -f $SG_CLUSTER_MODDIR/.complete ]] && return
+	[[ -f $SG_CLUSTER_MODDIR/.complete && $(cat "$SG_CLUSTER_MODDIR/.complete") == "$SG_CLUSTER_MODULES" ]] && return
 	[[ -z ${SG_VM_KERNEL:-} ]] || sg_host_die "the cluster scenario needs Debian's kernel and its modules (unset SG_VM_KERNEL)"
 	deb=$( (find "$SG_VM_CACHE" "$SG_VM_CACHE/debs" -maxdepth 1 -name "linux-image-${ver}_*.deb" 2>/dev/null || true) | sort -V | tail -n 1)
 	tmp=$(mktemp -d)
@@ -112,7 +114,7 @@ sg_cluster_host_modules() {
 	done
 	busybox depmod -b "$SG_CLUSTER_MODDIR" "$ver" || sg_host_die "depmod failed"
 	rm -rf "$tmp"
-	touch "$SG_CLUSTER_MODDIR/.complete"
+	echo "$SG_CLUSTER_MODULES" >"$SG_CLUSTER_MODDIR/.complete"
 	sg_host_log "cluster modules: $(find "$SG_CLUSTER_MODDIR" -name '*.ko' | wc -l) in $SG_CLUSTER_MODDIR"
 }
 
@@ -186,6 +188,14 @@ sg_cluster_host_extra() {
 	cp "$SG_CLUSTER_BIN_ETCD/etcd" "$SG_CLUSTER_BIN_ETCD/etcdctl" "$root/usr/local/bin/"
 	for b in containerd containerd-shim-runc-v2 ctr; do cp "$SG_CLUSTER_BIN_CONTAINERD/$b" "$root/usr/local/bin/"; done
 	cp "$SG_CLUSTER_BIN_HELM/helm" "$root/usr/local/bin/"
+	# Debian's Prometheus, scraping the agent as the ServiceMonitor says (as scripts/prometheus-e2e.sh
+	# gets it: apt when missing).
+	if ! command -v prometheus >/dev/null; then
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } </dev/null >&2 ||
+			sg_host_die "cannot install prometheus (apt)"
+	fi
+	cp "$(command -v prometheus)" "$root/usr/local/bin/"
+	sg_host_copy_libs "$root" "$(command -v prometheus)"
 	cp "$SG_CLUSTER_ROOT/usr/sbin/runc" "$SG_CLUSTER_ROOT/usr/sbin/nft" "$root/usr/sbin/"
 	for b in bridge host-local loopback; do cp "$SG_CLUSTER_ROOT/usr/lib/cni/$b" "$root/opt/cni/bin/"; done
 	# Libraries of the Debian binaries, from the unpacked packages first, else the host's.
