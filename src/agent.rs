@@ -414,7 +414,7 @@ impl Agent {
     /// the agent did not write becomes the original.
     fn adopt(&mut self, proxy: Proxy, mode: Mode, now: Instant) {
         let opened = ProxyFiles::open(&proxy.dir).and_then(|mut files| {
-            let first = files.sample(&mut self.buf, Instant::now())?;
+            let first = files.sample(&mut self.buf, now)?;
             let burst = files.read_cpu_burst(&mut self.buf)?;
             Ok((files, first, burst))
         });
@@ -431,7 +431,7 @@ impl Agent {
             }
         };
         let mem = if self.policy.memory.enabled {
-            match memory::open(&proxy.dir, &mut self.buf) {
+            match memory::open(&proxy.dir, &mut self.buf, now) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     debug!(cgroup = proxy.key, error = %e, "no memory files; memory not governed");
@@ -495,12 +495,15 @@ impl Agent {
             None => (None, None),
         };
         let key = proxy.key.clone();
+        // The reading just taken is the first sample: this tick's step reads nothing again.
+        let mut core = ProxyCore::new(mem_core);
+        core.prime(first);
         self.governed.insert(
             key.clone(),
             Governed {
                 files,
                 mem_files,
-                core: ProxyCore::new(mem_core),
+                core,
                 refused: None,
                 mode,
                 proxy,

@@ -355,10 +355,13 @@ impl Journal {
         self.container_mut(key).map(|mut r| change(&mut r))
     }
 
-    /// Adds or replaces a container's record.
+    /// Adds or replaces a container's record. The journal is due a flush only when what is
+    /// on disk changes: untouched records are not written out, so adding one (a proxy just
+    /// found) costs no write.
     pub fn insert_container(&mut self, key: &str, record: ContainerRecord) {
-        self.containers.insert(key.to_string(), record);
-        self.dirty = true;
+        let on_disk = record.needs_journal();
+        let before = self.containers.insert(key.to_string(), record);
+        self.dirty |= on_disk || before.is_some_and(|r| r.needs_journal());
     }
 
     /// Drops a container's record.
@@ -630,6 +633,22 @@ mod tests {
         fs::remove_dir_all(state.join(FILE_NAME)).unwrap();
         assert!(j.flush().unwrap(), "recovers once the path is free");
         assert_eq!(Journal::load(&state).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_proxy_just_found_costs_no_write_until_a_record_must_be_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::load(dir.path()).unwrap();
+        j.insert_container("a/b", record("200000 100000"));
+        assert!(!j.is_dirty(), "an untouched record is not written out");
+        assert!(!j.flush().unwrap());
+        j.insert_container("a/c", touched("200000 100000", "10000 100000"));
+        assert!(j.flush().unwrap());
+        // Replacing a record on disk with an untouched one (after a restore) must reach it.
+        j.insert_container("a/c", record("200000 100000"));
+        assert!(j.is_dirty());
+        assert!(j.flush().unwrap());
+        assert_eq!(Journal::load(dir.path()).unwrap().len(), 0);
     }
 
     #[test]

@@ -14,15 +14,19 @@ use crate::cgroup::CgroupError;
 use crate::proxy::{CgroupIo, MemoryCore, MemoryPlan};
 use crate::sampler::{MemoryFiles, read_memory_max};
 
-/// Opens the memory files of `dir`, reads them once and makes the memory side of its core.
+/// Opens the memory files of `dir`, reads them once at `now` and makes the memory side of
+/// its core, primed with that reading.
 pub(super) fn open(
     dir: &Path,
     buf: &mut Vec<u8>,
+    now: Instant,
 ) -> Result<(MemoryFiles, MemoryCore), CgroupError> {
     let mut files = MemoryFiles::open(dir)?;
-    let first = files.sample(buf, Instant::now())?;
+    let first = files.sample(buf, now)?;
     let limit = read_memory_max(dir)?;
-    Ok((files, MemoryCore::new(&first, limit)))
+    let mut core = MemoryCore::new(&first, limit);
+    core.prime(first);
+    Ok((files, core))
 }
 
 impl Agent {

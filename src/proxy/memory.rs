@@ -89,6 +89,12 @@ impl MemoryCore {
         }
     }
 
+    /// Takes `first` (read when the proxy was found) as the previous reading: the next step
+    /// observes from it instead of reading the files twice.
+    pub(crate) fn prime(&mut self, first: MemoryRaw) {
+        self.prev = Some(first);
+    }
+
     /// Marks `memory.high` as placed (a write of the agent's may hold) or not (it is to be
     /// placed after the settle period).
     pub(crate) fn set_placed(&mut self, placed: bool) {

@@ -195,6 +195,12 @@ impl ProxyCore {
         }
     }
 
+    /// Takes `first` (read when the proxy was found) as the previous CPU sample: the next
+    /// step observes from it, and a step at the same instant reads nothing again.
+    pub(crate) fn prime(&mut self, first: RawSample) {
+        self.prev = Some(first);
+    }
+
     /// The memory side, if governed.
     pub(crate) fn memory(&self) -> Option<&MemoryCore> {
         self.mem.as_ref()
@@ -240,6 +246,10 @@ impl ProxyCore {
         now: Instant,
     ) -> StepOutcome {
         let mut out = StepOutcome::default();
+        // Sampled at this instant already (found in this tick): nothing new to observe.
+        if self.prev.is_some_and(|p| p.at >= now) {
+            return out;
+        }
         let sample = match io.sample_cpu(now) {
             Ok(v) => v,
             Err(e) if e.is_gone() => return StepOutcome::gone(),

@@ -22,6 +22,8 @@ struct Fake {
     gone: bool,
     /// `memory.high` writes land but answer with a timeout.
     memory_times_out: bool,
+    /// CPU samples taken.
+    cpu_samples: usize,
 }
 
 fn gone() -> CgroupError {
@@ -39,6 +41,7 @@ impl Fake {
             reclaimed: 0,
             gone: false,
             memory_times_out: false,
+            cpu_samples: 0,
         }
     }
 
@@ -66,6 +69,7 @@ impl ProxyIo for Fake {
         if self.gone {
             return Err(gone());
         }
+        self.cpu_samples += 1;
         self.io().sample_cpu(now)
     }
     fn write_cpu(&mut self, v: &CpuMax, b: Option<(u64, u64)>) -> Result<(), CgroupError> {
@@ -309,4 +313,35 @@ fn a_gone_container_is_reported_gone() {
     p.tick(5.0);
     p.fake.gone = true;
     assert!(p.tick(5.0).gone);
+}
+
+#[test]
+fn a_proxy_primed_when_found_is_not_read_again_at_that_instant() {
+    let mut p = Proxy::new(2000, false);
+    let found = p.now();
+    let first = p.fake.sample_cpu(found).unwrap();
+    p.core.prime(first);
+    let settings = Settings {
+        cpu: &p.policy.cpu,
+        memory: &p.policy.memory,
+        dry_run: false,
+        concurrency: None,
+        conflict_backoff: p.policy.cpu.conflict_backoff,
+        runtime_identity: true,
+    };
+    let out = p.core.step(&mut p.fake, &mut p.record, &settings, found);
+    assert_eq!(
+        p.fake.cpu_samples, 1,
+        "the adoption's reading serves this tick"
+    );
+    assert!(out.cpu.is_none() && out.problems.is_empty());
+    // A second later the primed sample is the previous one: an observation at once.
+    p.fake.run(5.0, 100 * MI);
+    let later = found + Duration::from_secs(1);
+    p.core.step(&mut p.fake, &mut p.record, &settings, later);
+    assert_eq!(p.fake.cpu_samples, 2);
+    assert!(
+        p.core.last_obs().is_some(),
+        "observed from the primed sample"
+    );
 }
