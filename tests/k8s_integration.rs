@@ -416,6 +416,24 @@ async fn https_client_builds_with_rustls_and_no_system_openssl() {
 
 type Mock = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
+/// Waits (10 s at most) for the publisher `task` to end, then checks its
+/// `events_total{result}` counts.
+async fn assert_events_after(
+    task: tokio::task::JoinHandle<()>,
+    shared: &Shared,
+    want: &[(&str, u64)],
+) {
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the publisher ends within 10 s")
+        .unwrap();
+    let text = shared.metrics.encode();
+    for (result, n) in want {
+        let line = format!("sidecar_governor_events_total{{result=\"{result}\"}} {n}");
+        assert!(text.contains(&line), "no `{line}` in:\n{text}");
+    }
+}
+
 async fn next_call(handle: &mut Mock) -> (String, String, serde_json::Value) {
     let (request, respond) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
         .await
@@ -492,19 +510,7 @@ async fn events_are_posted_to_the_pods_namespace_and_repeats_patched() {
     // A third within the rate limit's window is not sent.
     sink.emit(event);
     drop(sink);
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
-    let text = shared.metrics.encode();
-    assert!(
-        text.contains("sidecar_governor_events_total{result=\"sent\"} 2"),
-        "{text}"
-    );
-    assert!(
-        text.contains("sidecar_governor_events_total{result=\"rate_limited\"} 1"),
-        "{text}"
-    );
+    assert_events_after(task, &shared, &[("sent", 2), ("rate_limited", 1)]).await;
 }
 
 #[tokio::test]
@@ -576,19 +582,7 @@ async fn an_unanswered_event_times_out_and_the_next_is_sent() {
     assert_eq!(method, "POST");
     assert_eq!(body["regarding"]["name"], "cart-next");
     drop(tx);
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .unwrap()
-        .unwrap();
-    let text = shared.metrics.encode();
-    assert!(
-        text.contains("sidecar_governor_events_total{result=\"failed\"} 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("sidecar_governor_events_total{result=\"sent\"} 1"),
-        "{text}"
-    );
+    assert_events_after(task, &shared, &[("failed", 1), ("sent", 1)]).await;
 }
 
 // ---------------------------------------------------------------------------------------------

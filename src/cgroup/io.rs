@@ -392,7 +392,7 @@ pub fn write_verified<T: PartialEq + std::fmt::Debug>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::parse::{parse_cpu_max, parse_u64_or_max};
     use super::*;
 
@@ -505,9 +505,9 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Verify);
     }
 
-    /// A fixture directory on tmpfs where there is one (plain files: this checks the
-    /// descriptor handling, not what cgroupfs does with a write).
-    fn fixture_dir() -> tempfile::TempDir {
+    /// A fixture directory on tmpfs where there is one (plain files: these check descriptor
+    /// handling, write order and read-backs, not what cgroupfs does with a write).
+    pub(crate) fn fixture_dir() -> tempfile::TempDir {
         let shm = Path::new("/dev/shm");
         if shm.is_dir() {
             tempfile::tempdir_in(shm).unwrap()
@@ -576,9 +576,7 @@ mod tests {
     fn held_write_error_names_the_path_and_value() {
         // /dev/full: opened read-write, refuses to be truncated or written.
         let dev: Arc<Path> = Arc::from(Path::new("/dev"));
-        let Ok(file) = CgroupFile::open_rw(&dev, "full") else {
-            return;
-        };
+        let file = CgroupFile::open_rw(&dev, "full").expect("this test needs /dev/full");
         let mut buf = Vec::new();
         let err = file
             .write_verified(&mut buf, "1000", &Some(1000), parse_u64_or_max)
