@@ -85,13 +85,38 @@ sg_cri_pod() {
 	shift 4
 	SG_POD_DIR=$(sg_pod cgroupfs burstable "$_uid")
 	sg_pod_limits "$SG_POD_DIR" "$_sum" 200 0
+	sg_cri_up "$_name" "pod $_ns/$_name" --name "$_name" --namespace "$_ns" --uid "$_uid" "$@"
+}
+
+# sg_cri_up TAG WHAT DRIVER ARGS...: `cri_driver pod-up` with its output in $SG_CRI_DIR/TAG.out,
+# failing as WHAT or logging how long it took and the containers it started.
+sg_cri_up() {
+	_tag=$1 _what=$2
+	shift 2
 	_t0=$(sg_now_ms)
-	if ! sg_cri pod-up --name "$_name" --namespace "$_ns" --uid "$_uid" "$@" \
-		>"$SG_CRI_DIR/$_name.out" 2>"$SG_CRI_DIR/$_name.err"; then
-		sg_fail "pod $_ns/$_name not started: $(tail -n 3 "$SG_CRI_DIR/$_name.err" | tr '\n' ' ')"
+	if ! sg_cri pod-up "$@" >"$SG_CRI_DIR/$_tag.out" 2>"$SG_CRI_DIR/$_tag.err"; then
+		sg_fail "$_what not started: $(tail -n 3 "$SG_CRI_DIR/$_tag.err" | tr '\n' ' ')"
 		return 1
 	fi
-	sg_log "pod $_ns/$_name up in $(($(sg_now_ms) - _t0)) ms: $(awk '$1 == "CONTAINER" { printf "%s=%.12s ", $2, $3 }' "$SG_CRI_DIR/$_name.out")"
+	sg_log "$_what up in $(($(sg_now_ms) - _t0)) ms: $(awk '$1 == "CONTAINER" { printf "%s=%.12s ", $2, $3 }' "$SG_CRI_DIR/$_tag.out")"
+}
+
+# sg_cri_mesh_pod NAME UID [DRIVER ARGS...]: the ownership scenarios' pod mesh/NAME (1000m): an
+# istio-proxy container (500m) running a spinning envoy beside an idle app (500m). Sets POD,
+# APP, CID and C (the sidecar's cgroup); checks an envoy runs there and the pod's cpu.max is
+# kubelet's (100000 100000).
+sg_cri_mesh_pod() {
+	_mn=$1 _mu=$2
+	shift 2
+	sg_cri_pod mesh "$_mn" "$_mu" 1000 "$@" \
+		--container "istio-proxy|500|/bin/envoy --mode spin" \
+		--container "app|500|/bin/app --mode idle" || return 1
+	POD=$SG_POD_DIR
+	APP=$(sg_cri_cg "$_mu" "$(sg_cri_cid "$_mn" app)")
+	CID=$(sg_cri_cid "$_mn" istio-proxy)
+	C=$(sg_cri_cg "$_mu" "$CID")
+	sg_check "an envoy runs in the istio-proxy container" sg_wait 10 sg_cri_runs "$C" envoy
+	sg_expect "pod cpu.max as kubelet wrote it" "$(sg_cpu_max "$POD")" "100000 100000"
 }
 
 # sg_cri_restart NAMESPACE NAME UID ATTEMPT TAG [DRIVER ARGS...]: a container restarted as kubelet
@@ -101,14 +126,8 @@ sg_cri_pod() {
 sg_cri_restart() {
 	_ns=$1 _name=$2 _uid=$3 _att=$4 _tag=$5
 	shift 5
-	_t0=$(sg_now_ms)
-	if ! sg_cri pod-up --name "$_name" --namespace "$_ns" --uid "$_uid" \
-		--sandbox "$(sg_cri_sandbox "$_name")" --attempt "$_att" "$@" \
-		>"$SG_CRI_DIR/$_tag.out" 2>"$SG_CRI_DIR/$_tag.err"; then
-		sg_fail "container of $_ns/$_name (attempt $_att) not started: $(tail -n 3 "$SG_CRI_DIR/$_tag.err" | tr '\n' ' ')"
-		return 1
-	fi
-	sg_log "pod $_ns/$_name: attempt $_att up in $(($(sg_now_ms) - _t0)) ms: $(awk '$1 == "CONTAINER" { printf "%s=%.12s ", $2, $3 }' "$SG_CRI_DIR/$_tag.out")"
+	sg_cri_up "$_tag" "container of $_ns/$_name (attempt $_att)" --name "$_name" \
+		--namespace "$_ns" --uid "$_uid" --sandbox "$(sg_cri_sandbox "$_name")" --attempt "$_att" "$@"
 }
 
 # sg_cri_stop_container ID: StopContainer with no grace (the container stays, exited, as

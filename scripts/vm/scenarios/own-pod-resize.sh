@@ -15,19 +15,11 @@ set -eu
 . /sg/lib.sh
 . /sg/cri-lib.sh
 
-POD_ORIG="100000 100000"
 RESIZED="400000 100000"
 C_ORIG="50000 100000"
 UID_P=$(sg_uid own-pod-resize)
 sg_cri_start
-sg_cri_pod mesh resize-1 "$UID_P" 1000 \
-	--container "istio-proxy|500|/bin/envoy --mode spin" \
-	--container "app|500|/bin/app --mode idle"
-POD=$SG_POD_DIR
-C=$(sg_cri_cg "$UID_P" "$(sg_cri_cid resize-1 istio-proxy)")
-APP=$(sg_cri_cg "$UID_P" "$(sg_cri_cid resize-1 app)")
-sg_check "an envoy runs in the istio-proxy container" sg_wait 10 sg_cri_runs "$C" envoy
-sg_expect "pod cpu.max as kubelet wrote it" "$(sg_cpu_max "$POD")" "$POD_ORIG"
+sg_cri_mesh_pod resize-1 "$UID_P"
 sg_expect "proxy cpu.max as runc wrote it from the CRI limit" "$(sg_cpu_max "$C")" "$C_ORIG"
 sg_save_dir "$C"
 sg_untouched_snapshot "$APP" >"$SG_RUN/untouched.own.before"

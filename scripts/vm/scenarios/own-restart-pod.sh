@@ -31,14 +31,8 @@ BOUND=2500 # pod original 1000m + (policy cpu.max 2000m - container limit 500m)
 UID_P=$(sg_uid own-restart-pod)
 PROXY="istio-proxy|500|/bin/envoy --mode spin"
 sg_cri_start
-sg_cri_pod mesh restart-1 "$UID_P" 1000 \
-	--container "$PROXY" \
-	--container "app|500|/bin/app --mode idle"
-POD=$SG_POD_DIR
-APP=$(sg_cri_cg "$UID_P" "$(sg_cri_cid restart-1 app)")
-CID=$(sg_cri_cid restart-1 istio-proxy)
-C1=$(sg_cri_cg "$UID_P" "$CID")
-sg_expect "pod cpu.max as kubelet wrote it" "$(sg_cpu_max "$POD")" "$POD_ORIG"
+sg_cri_mesh_pod restart-1 "$UID_P"
+C1=$C
 sg_save_dir "$C1" # before the agent runs: the originals of every attempt (the same CRI limits)
 sg_untouched_snapshot "$APP" >"$SG_RUN/untouched.own.before"
 

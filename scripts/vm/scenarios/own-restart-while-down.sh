@@ -24,15 +24,7 @@ C_ORIG="50000 100000"
 BOUND=2500
 UID_P=$(sg_uid own-restart-while-down)
 sg_cri_start
-sg_cri_pod mesh rwd-1 "$UID_P" 1000 --mount "$SG_RUN/ctl:/ctl" \
-	--container "istio-proxy|500|/bin/envoy --mode spin" \
-	--container "app|500|/bin/app --mode idle"
-POD=$SG_POD_DIR
-APP=$(sg_cri_cg "$UID_P" "$(sg_cri_cid rwd-1 app)")
-CID=$(sg_cri_cid rwd-1 istio-proxy)
-C=$(sg_cri_cg "$UID_P" "$CID")
-sg_check "an envoy runs in the istio-proxy container" sg_wait 10 sg_cri_runs "$C" envoy
-sg_expect "pod cpu.max as kubelet wrote it" "$(sg_cpu_max "$POD")" "$POD_ORIG"
+sg_cri_mesh_pod rwd-1 "$UID_P" --mount "$SG_RUN/ctl:/ctl"
 sg_untouched_snapshot "$APP" >"$SG_RUN/untouched.own.before"
 sg_policy_write <<'EOT'
 interval: 1s
