@@ -11,12 +11,9 @@
 
 pub mod auth;
 
-use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -25,10 +22,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio::time::Sleep;
+use tokio_io_timeout::TimeoutStream;
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
@@ -251,7 +248,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, name: &'s
         let app = app.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let io = hyper_util::rt::TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout));
+            let io = hyper_util::rt::TokioIo::new(idle_timeout(stream, limits.idle_timeout));
             let service = hyper_util::service::TowerToHyperService::new(app);
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -265,88 +262,16 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, name: &'s
     }
 }
 
-/// A socket that fails with `TimedOut` once no byte has moved either way for `timeout`.
-#[derive(Debug)]
-pub struct IdleTimeout<S> {
-    inner: S,
+/// `stream` failing with `TimedOut` once a read or a write has waited `timeout` for the peer
+/// (a kept-alive connection that sends nothing more, a response nobody reads).
+pub fn idle_timeout<S: AsyncRead + AsyncWrite>(
+    stream: S,
     timeout: Duration,
-    deadline: Pin<Box<Sleep>>,
-}
-
-impl<S> IdleTimeout<S> {
-    pub fn new(inner: S, timeout: Duration) -> IdleTimeout<S> {
-        IdleTimeout {
-            inner,
-            timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
-        }
-    }
-
-    fn moved(&mut self) {
-        let next = tokio::time::Instant::now() + self.timeout;
-        self.deadline.as_mut().reset(next);
-    }
-
-    /// Pending unless the deadline has passed.
-    fn expired<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection idle too long",
-            ))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeout<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                this.moved();
-                Poll::Ready(result)
-            }
-            Poll::Pending => this.expired(cx),
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(result) => {
-                this.moved();
-                Poll::Ready(result)
-            }
-            Poll::Pending => this.expired(cx),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Ready(result) => Poll::Ready(result),
-            Poll::Pending => this.expired(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_shutdown(cx) {
-            Poll::Ready(result) => Poll::Ready(result),
-            Poll::Pending => this.expired(cx),
-        }
-    }
+) -> Pin<Box<TimeoutStream<S>>> {
+    let mut io = TimeoutStream::new(stream);
+    io.set_read_timeout(Some(timeout));
+    io.set_write_timeout(Some(timeout));
+    Box::pin(io)
 }
 
 #[cfg(test)]
@@ -408,7 +333,7 @@ mod tests {
     async fn idle_sockets_time_out() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (ours, mut theirs) = tokio::io::duplex(16);
-        let mut io = IdleTimeout::new(ours, Duration::from_secs(10));
+        let mut io = idle_timeout(ours, Duration::from_secs(10));
         let start = tokio::time::Instant::now();
         // The peer sends a byte after 6s, then nothing: the read after it times out 10s later.
         let peer = tokio::spawn(async move {
@@ -422,14 +347,14 @@ mod tests {
         io.read_exact(&mut byte).await.unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(6));
         let e = io.read_exact(&mut byte).await.unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), Duration::from_secs(16));
         // A response the peer never reads: the write stalls once the pipe is full, then fails.
         let (ours, _theirs) = tokio::io::duplex(16);
-        let mut io = IdleTimeout::new(ours, Duration::from_secs(10));
+        let mut io = idle_timeout(ours, Duration::from_secs(10));
         let start = tokio::time::Instant::now();
         let e = io.write_all(&[0u8; 64]).await.unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
         assert_eq!(start.elapsed(), Duration::from_secs(10));
         peer.abort();
     }
