@@ -441,7 +441,7 @@ impl Agent {
         } else {
             None
         };
-        let memory_high = mem.as_ref().map(|(_, m)| m.found_high);
+        let memory_high = mem.as_ref().map(|(_, _, high)| *high);
         // Restarted after changing it: reconcile each file with what was journaled.
         let outside = self
             .journal
@@ -487,7 +487,7 @@ impl Agent {
             self.shared.metrics.error(ErrorKind::Annotation);
         }
         let (mem_files, mem_core) = match mem {
-            Some((files, mut core)) => {
+            Some((files, mut core, _)) => {
                 // Placed only once a write of the agent's may have landed.
                 core.set_placed(record.memory_high.is_some_and(|h| h.touched()));
                 (Some(files), Some(core))

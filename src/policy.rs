@@ -419,8 +419,8 @@ impl Effective {
     /// annotations narrowing the bounds — only within [the namespace's floor, the lower of the
     /// container's own limit and the namespace's ceiling]. Annotations outside that range are
     /// refused whole: the pod runs on the namespace's settings and the reason is returned.
-    pub fn cpu_for(&self, control: &PodControl, standing: Standing) -> (CpuPolicy, Option<String>) {
-        let mut cpu = self.cpu.clone();
+    pub fn cpu_for(self, control: &PodControl, standing: Standing) -> (CpuPolicy, Option<String>) {
+        let mut cpu = self.cpu;
         cpu.allow_above_limit &= standing.runtime_identity;
         let lo = cpu.min_millis;
         let hi = standing

@@ -15,18 +15,17 @@ use crate::proxy::{CgroupIo, MemoryCore, MemoryPlan};
 use crate::sampler::{MemoryFiles, read_memory_max};
 
 /// Opens the memory files of `dir`, reads them once at `now` and makes the memory side of
-/// its core, primed with that reading.
+/// its core, primed with that reading. Also returns the `memory.high` found (`None` = `max`).
 pub(super) fn open(
     dir: &Path,
     buf: &mut Vec<u8>,
     now: Instant,
-) -> Result<(MemoryFiles, MemoryCore), CgroupError> {
+) -> Result<(MemoryFiles, MemoryCore, Option<u64>), CgroupError> {
     let mut files = MemoryFiles::open(dir)?;
     let first = files.sample(buf, now)?;
-    let limit = read_memory_max(dir)?;
-    let mut core = MemoryCore::new(&first, limit);
+    let mut core = MemoryCore::new(read_memory_max(dir)?);
     core.prime(first);
-    Ok((files, core))
+    Ok((files, core, first.high))
 }
 
 impl Agent {

@@ -24,8 +24,6 @@ use crate::server::{ActionView, now_unix};
 pub(crate) struct MemoryCore {
     prev: Option<MemoryRaw>,
     state: MemoryState,
-    /// `memory.high` when the proxy was found (`None` = `max`).
-    pub found_high: Option<u64>,
     /// Dry run: the limit decisions would have set.
     planned: Option<u64>,
     /// The container's `memory.max` (`None` = unlimited).
@@ -76,12 +74,11 @@ fn human(high: Option<u64>) -> String {
 }
 
 impl MemoryCore {
-    /// The memory side of a proxy whose files read `first` and whose `memory.max` is `limit`.
-    pub(crate) fn new(first: &MemoryRaw, limit: Option<u64>) -> MemoryCore {
+    /// The memory side of a proxy whose `memory.max` is `limit`.
+    pub(crate) fn new(limit: Option<u64>) -> MemoryCore {
         MemoryCore {
             prev: None,
             state: MemoryState::default(),
-            found_high: first.high,
             planned: None,
             limit,
             busy_until: None,

@@ -120,9 +120,10 @@ impl Proxy {
         let mut policy = Policy::default();
         policy.memory.enabled = memory;
         let mem = match (fake.sample_memory(Instant::now()), fake.read_memory_max()) {
-            (Some(Ok(first)), Ok(limit)) => Some(MemoryCore::new(&first, limit)),
+            (Some(Ok(first)), Ok(limit)) => Some((MemoryCore::new(limit), first.high)),
             _ => None,
         };
+        let (mem, found_high) = mem.unzip();
         let record = ContainerRecord {
             id: crate::identity::Identity {
                 namespace: "ns".into(),
@@ -133,7 +134,7 @@ impl Proxy {
             },
             cpu_max: Owned::new(CpuMaxValue(fake.model.cpu_max())),
             cpu_max_burst: None,
-            memory_high: mem.as_ref().map(|m| Owned::new(Limit(m.found_high))),
+            memory_high: found_high.map(|h| Owned::new(Limit(h))),
             pod_hold: None,
             recorded_at: 0,
         };

@@ -124,7 +124,7 @@ impl<'a> Runner<'a> {
             reclaimed: &mut reclaimed,
         };
         let mem = match (io.sample_memory(Instant::now()), io.read_memory_max()) {
-            (Some(Ok(first)), Ok(limit)) => Some(MemoryCore::new(&first, limit)),
+            (Some(Ok(first)), Ok(limit)) => Some((MemoryCore::new(limit), first.high)),
             _ => None,
         };
         let id = Identity {
@@ -132,7 +132,7 @@ impl<'a> Runner<'a> {
             pod: trace.name.clone(),
             ..Identity::default()
         };
-        let found_high = mem.as_ref().map(|m| m.found_high);
+        let (mem, found_high) = mem.unzip();
         let record = ContainerRecord::untouched(id, model.cpu_max(), None, found_high, 0);
         Runner {
             trace,
