@@ -24,7 +24,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use sidecar_governor::sampler::TICK_FILES;
@@ -118,15 +118,9 @@ struct Run {
 
 fn agent_run(node: &common::Node, policy: &Path, ticks: u64) -> Run {
     let port = free_port();
-    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_sidecar-governor"))
-        .args(["run", "--dry-run", "--discovery", "procfs", "--config"])
-        .arg(policy)
-        .arg("--cgroup-root")
-        .arg(&node.cgroup)
-        .arg("--proc-root")
-        .arg(&node.proc)
-        .arg("--state-dir")
-        .arg(&node.state)
+    let mut child: Child = node
+        .agent_command(policy)
+        .arg("--dry-run")
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--admin-listen", "127.0.0.1:0"])
         .env("SG_LOG", "warn")

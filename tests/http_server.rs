@@ -11,7 +11,7 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -322,22 +322,8 @@ fn start_agent(node: &common::Node) -> Agent {
     let config = node.dir.path().join("policy.yaml");
     std::fs::write(&config, "interval: 100ms\n").unwrap();
     let (public, admin) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_sidecar-governor"))
-        .args([
-            "run",
-            "--discovery",
-            "procfs",
-            "--events",
-            "off",
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--cgroup-root")
-        .arg(&node.cgroup)
-        .arg("--proc-root")
-        .arg(&node.proc)
-        .arg("--state-dir")
-        .arg(&node.state)
+    let child = node
+        .agent_command(&config)
         .args(["--listen", &format!("127.0.0.1:{public}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
         .args(["--http-max-connections", "4"])

@@ -210,24 +210,9 @@ fn case_5_a_start_on_an_invalid_policy_restores_then_fails() {
     );
     let config = node.dir.path().join("policy.yaml");
     fs::write(&config, "cpu:\n  min: banana\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidecar-governor"))
-        .args([
-            "run",
-            "--discovery",
-            "procfs",
-            "--events",
-            "off",
-            "--listen",
-        ])
-        .arg("127.0.0.1:0")
-        .arg("--config")
-        .arg(&config)
-        .arg("--cgroup-root")
-        .arg(&node.cgroup)
-        .arg("--proc-root")
-        .arg(&node.proc)
-        .arg("--state-dir")
-        .arg(&node.state)
+    let out = node
+        .agent_command(&config)
+        .args(["--listen", "127.0.0.1:0"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -51,6 +51,28 @@ impl Default for Node {
 }
 
 impl Node {
+    /// `sidecar-governor run` over this node (procfs discovery, no Events) with the policy
+    /// `config`; callers add their own flags (listeners, dry run) before spawning it.
+    pub fn agent_command(&self, config: &Path) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sidecar-governor"));
+        c.args([
+            "run",
+            "--discovery",
+            "procfs",
+            "--events",
+            "off",
+            "--config",
+        ])
+        .arg(config)
+        .arg("--cgroup-root")
+        .arg(&self.cgroup)
+        .arg("--proc-root")
+        .arg(&self.proc)
+        .arg("--state-dir")
+        .arg(&self.state);
+        c
+    }
+
     pub fn new() -> Node {
         // tmpfs where there is one: the journal's fsyncs then cost nothing, and the tests
         // that tick the agent thousands of times stay fast.
