@@ -36,8 +36,7 @@ sg_untouched_snapshot $KEEP >"$SG_RUN/untouched.storm.before"
 # host looks like a burst), in one or two of its few active periods; at the default 5% that
 # grows idle proxies at random and several such bumps within 3 s look like a storm of their own.
 # Spinning at the floor they are throttled in nearly every period, far above 50%.
-mkdir -p "$(dirname "$SG_POLICY")"
-cat >"$SG_POLICY" <<EOT
+sg_policy_write <<'EOT'
 interval: 1s
 cpu:
   min: 100m

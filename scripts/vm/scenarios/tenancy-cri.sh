@@ -46,8 +46,7 @@ sg_expect "trusted's cpu.max from the CRI limit" "$(sg_cpu_max "$T")" "50000 100
 sg_expect "trusted's pod cpu.max" "$(sg_cpu_max "$POD_T")" "50000 100000"
 sg_untouched_snapshot "$L" "$POD_L" >"$SG_RUN/untouched.before"
 
-mkdir -p "$(dirname "$SG_POLICY")"
-cat >"$SG_POLICY" <<EOF
+sg_policy_write <<'EOF'
 interval: 1s
 match:
   rescanInterval: 60s
