@@ -13,7 +13,9 @@
 #   - mesh/trusted: a real sidecar (istio-proxy, 500m) in a namespace that keeps the policy's
 #     grant: it grows above its own limit, its pod raised first, and after SIGTERM both are back
 #     exactly.
-# Sampled every 250 ms.
+# Then containerd is stopped: discovery falls back to procfs, which does find the lookalike (by
+# its process name), and must leave it alone (no runtime identity, namespace rules in the
+# policy). Sampled every 250 ms throughout.
 # Runs in its own boot (scripts/vm-e2e.sh): its initramfs carries containerd and switches root.
 set -eu
 . /sg/lib.sh
@@ -49,7 +51,7 @@ sg_untouched_snapshot "$L" "$POD_L" >"$SG_RUN/untouched.before"
 sg_policy_write <<'EOF'
 interval: 1s
 match:
-  rescanInterval: 60s
+  rescanInterval: 5s
 cpu:
   min: 100m
   max: "2"
@@ -80,6 +82,21 @@ fi
 sleep 10
 sg_check "greedy's annotation refused and counted" has 'sidecar_governor_errors_total{kind="annotation"} [1-9]'
 sg_check "agent log names the refused annotation" grep -q 'sidecar-governor.io/cpu-min=2 is outside' "$SG_RUN/agent.log"
+# The runtime goes away: discovery falls back to procfs, which finds the lookalike by its
+# process name alone. The policy has namespace rules (an override), so it is left alone and
+# counted, while the sidecars CRI identified keep their identity (and the trusted one its
+# grant). Without the identity rule the lookalike would be governed here, above its limit.
+sg_cri_stop
+sg_log "containerd stopped (its shims and the containers keep running)"
+sg_check 'discovery_source{source="procfs"} 1 after containerd stopped' \
+	sg_wait 30 has '^sidecar_governor_discovery_source{source="procfs"} 1$'
+sg_check "the lookalike, found by its process name alone, is counted and left alone" \
+	sg_wait 20 has '^sidecar_governor_unidentified_proxies 1$'
+sg_check "still the 2 sidecars governed through the fallback" has '^sidecar_governor_proxies 2$'
+sleep 10
+sg_cri_daemon
+sg_check 'discovery_source{source="cri"} 1 again once containerd answers' \
+	sg_wait 40 has '^sidecar_governor_discovery_source{source="cri"} 1$'
 kill "$sampler" 2>/dev/null || true
 wait "$sampler" 2>/dev/null || true
 peak() { awk -v c="$1" '$c > m { m = $c } END { print m + 0 }' "$SG_RUN/peaks.log"; }
