@@ -34,6 +34,11 @@ use crate::proxy::{CgroupIo, CpuPlan, CpuWrite, MemoryPlan, ProxyCore, Settings,
 use crate::quantity::format_cpu_millis;
 use crate::sampler::{MemoryFiles, ProxyFiles};
 use crate::server::{ProxyView, Shared, now_unix};
+use crate::wake::StallWatch;
+
+/// A wake-up that could not tell a lasting stall from a blip looks again this much later:
+/// about one enforcement period, so the second sample spans the stall alone.
+const LOOK_AGAIN: Duration = Duration::from_millis(100);
 
 /// What the control loop can be told.
 #[derive(Debug)]
@@ -42,6 +47,8 @@ pub enum Command {
     Stop,
     /// Apply a new, validated policy from the next tick on.
     Policy(Box<Policy>),
+    /// A proxy's stall trigger fired (the token [`StallWatch`] gave it).
+    Wake(u64),
 }
 
 /// One governed proxy in the loop: what discovery found, its open files and its control
@@ -102,6 +109,12 @@ pub struct Agent {
     storm: StormDetector,
     /// Pod records whose quota must be recomputed this tick (a holder wrote or left).
     pods_due: BTreeSet<String>,
+    /// The PSI stall triggers (none on fixture trees, or when the kernel has no PSI).
+    stall: Option<StallWatch>,
+    /// Wake-ups to look again at a proxy, due at an instant.
+    look_again: Vec<(Instant, String)>,
+    /// Why the last proxy could not be watched (warned once per distinct reason).
+    stall_failing: Option<String>,
 }
 
 /// `Discovery` plus `Debug`, so the agent can derive `Debug`.
@@ -133,6 +146,9 @@ impl Agent {
             events: Arc::new(NoEvents),
             storm: StormDetector::default(),
             pods_due: BTreeSet::new(),
+            stall: None,
+            look_again: Vec::new(),
+            stall_failing: None,
         };
         agent.publish_mode();
         agent
@@ -184,7 +200,60 @@ impl Agent {
         if rescan {
             self.last_scan = None;
         }
+        self.rearm();
         self.publish_mode();
+    }
+
+    /// Gives the agent its stall triggers: every governed proxy is watched from now on
+    /// (when `cpu.wakeOnStall` is enabled), and the loop is woken when one stalls.
+    pub fn set_stall_watch(&mut self, watch: StallWatch) {
+        self.stall = Some(watch);
+        self.rearm();
+    }
+
+    /// Watches every governed proxy with the policy's trigger, or none when it is off.
+    fn rearm(&mut self) {
+        let w = self.policy.cpu.wake_on_stall;
+        let Some(watch) = self.stall.as_mut() else {
+            return;
+        };
+        if w.enabled {
+            watch.set_trigger(w.stall, w.window);
+            let keys: Vec<String> = self.governed.keys().cloned().collect();
+            for key in keys {
+                self.arm(&key);
+            }
+        } else {
+            watch.disarm_all();
+        }
+        self.publish_stall();
+    }
+
+    /// Watches one governed proxy (a failure is warned once per distinct reason and leaves
+    /// the proxy on ticks alone).
+    fn arm(&mut self, key: &str) {
+        let (Some(watch), Some(g)) = (self.stall.as_mut(), self.governed.get(key)) else {
+            return;
+        };
+        if !self.policy.cpu.wake_on_stall.enabled || watch.is_armed(key) {
+            return;
+        }
+        if let Err(e) = watch.arm(key, &g.proxy.dir) {
+            let why = e.to_string();
+            // The same cause on every proxy (no PSI, no privilege) is one warning.
+            let cause = why.rsplit_once(": ").map_or(why.as_str(), |(_, c)| c);
+            if self.stall_failing.as_deref() != Some(cause) {
+                warn!(cgroup = key, error = %e, "no stall trigger; this proxy grows on ticks only");
+                self.stall_failing = Some(cause.to_string());
+            } else {
+                debug!(cgroup = key, error = %e, "no stall trigger");
+            }
+        }
+    }
+
+    fn publish_stall(&self) {
+        let n = self.stall.as_ref().map_or(0, StallWatch::len);
+        self.shared.metrics.stall_triggers.set(n as i64);
     }
 
     /// One control tick at time `now`.
@@ -257,6 +326,8 @@ impl Agent {
         let m = &self.shared.metrics;
         m.proxies.set(self.governed.len() as i64);
         m.journal_entries.set(self.journal.len() as i64);
+        m.stall_triggers
+            .set(self.stall.as_ref().map_or(0, StallWatch::len) as i64);
         m.ticks.inc();
         m.tick_duration_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -515,6 +586,7 @@ impl Agent {
             }
             self.tell_outside(&key, &outside.join(", "));
         }
+        self.arm(&key);
     }
 
     /// Someone else changed `what` of a governed container: its value is the original now
@@ -546,6 +618,9 @@ impl Agent {
         let Some(g) = self.governed.remove(key) else {
             return;
         };
+        if let Some(w) = self.stall.as_mut() {
+            w.disarm(key);
+        }
         self.shared.metrics.forget(&g.proxy.id);
         if release {
             info!(cgroup = key, "proxy no longer found; releasing");
@@ -654,6 +729,11 @@ impl Agent {
     /// Samples, reconciles and plans one proxy through its core; logs and counts what went
     /// wrong and tells of files someone else changed.
     fn step(&mut self, key: &str, now: Instant) -> StepOutcome {
+        self.step_as(key, now, None)
+    }
+
+    /// [`Agent::step`] for a tick (`wake` `None`) or a wake-up between ticks (`Some(first)`).
+    fn step_as(&mut self, key: &str, now: Instant, wake: Option<bool>) -> StepOutcome {
         let global_dry_run = self.dry_run_flag || self.policy.dry_run;
         let (Some(g), Some(mut record)) =
             (self.governed.get_mut(key), self.journal.container_mut(key))
@@ -697,7 +777,10 @@ impl Agent {
             memory: g.mem_files.as_mut(),
             buf: &mut self.buf,
         };
-        let out = g.core.step(&mut io, &mut record, &settings, now);
+        let out = match wake {
+            None => g.core.step(&mut io, &mut record, &settings, now),
+            Some(first) => g.core.wake(&mut io, &mut record, &settings, now, first),
+        };
         drop(record);
         for p in &out.problems {
             if p.first {
@@ -714,6 +797,108 @@ impl Agent {
             self.tell_outside(key, &out.outside.join(", "));
         }
         out
+    }
+
+    /// A stall trigger fired: the proxy it watches is stepped at `now` ([`Agent::wake_proxy`]).
+    pub fn on_wake(&mut self, token: u64, now: Instant) {
+        let Some(key) = self.stall.as_ref().and_then(|w| w.key_of(token)) else {
+            return; // disarmed since (the proxy went)
+        };
+        let key = key.to_string();
+        self.wake_proxy(&key, now, true);
+    }
+
+    /// The wake-ups due to look again at a proxy by `now`, stepped; returns when the next is
+    /// due, if any.
+    pub fn look_again_due(&mut self, now: Instant) -> Option<Instant> {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.look_again)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.look_again = later;
+        for (_, key) in due {
+            self.wake_proxy(&key, now, false);
+        }
+        self.look_again.iter().map(|(at, _)| *at).min()
+    }
+
+    /// Steps one proxy between ticks, as woken by its stall trigger (`first`) or looking
+    /// again shortly after: growth only, staged, journaled and written like a tick's (pods
+    /// raised before their container). A push storm holds it back as it holds a tick's.
+    pub fn wake_proxy(&mut self, key: &str, now: Instant, first: bool) {
+        if self.dry_run() || !self.policy.cpu.wake_on_stall.enabled {
+            return;
+        }
+        let out = self.step_as(key, now, Some(first));
+        if out.gone {
+            self.forget(key, false);
+            self.flush_journal();
+            return;
+        }
+        if out.look_again {
+            self.look_again.push((now + LOOK_AGAIN, key.to_string()));
+        }
+        let Some(plan) = out.cpu else {
+            self.shared.metrics.wakeup("none");
+            return;
+        };
+        if self.storm_holds(now, key, &plan) {
+            self.shared.metrics.wakeup("held");
+            return;
+        }
+        let mut gone = Vec::new();
+        let staged = self.stage_cpu(key, plan, &mut gone);
+        let pod_writes = self.stage_pods();
+        let mut raised = false;
+        if self.flush_journal() {
+            let (raise, lower): (Vec<_>, Vec<_>) = pod_writes.into_iter().partition(|w| w.raise);
+            self.apply_pods(raise);
+            if let Some(w) = staged {
+                if self.apply_cpu(key, w) {
+                    raised = true;
+                } else {
+                    gone.push(key.to_string());
+                }
+            }
+            self.apply_pods(lower);
+        }
+        for key in gone {
+            self.forget(&key, false);
+        }
+        self.shared
+            .metrics
+            .wakeup(if raised { "raised" } else { "none" });
+    }
+
+    /// Whether a push storm holds back a wake-up's growth (a wake-up counts toward a storm
+    /// as a tick's plan does).
+    fn storm_holds(&mut self, now: Instant, key: &str, plan: &CpuPlan) -> bool {
+        use crate::controller::storm::StormCandidate;
+        let governed = self
+            .governed
+            .values()
+            .filter(|g| g.proxy.runtime_identity)
+            .count();
+        let wanting: &[&str] = if plan.wants_growth() && plan.counts() {
+            &[key]
+        } else {
+            &[]
+        };
+        let p = &self.policy.cpu.push_storm;
+        let state = self.storm.observe(now, wanting, governed, p);
+        if state == storm::Storm::Started {
+            self.shared.metrics.push_storms.inc();
+            warn!(
+                governed,
+                grace_s = p.grace.as_secs_f64(),
+                "push storm: many proxies stalled at once (a config push?); holding growth back"
+            );
+        }
+        state != storm::Storm::Calm && plan.wants_growth()
+    }
+
+    /// When the next look-again is due, if any.
+    fn next_look_again(&self) -> Option<Instant> {
+        self.look_again.iter().map(|(at, _)| *at).min()
     }
 
     /// Dry run: the decision is only remembered (and shown).
@@ -935,6 +1120,7 @@ impl Agent {
     pub fn run(mut self, commands: Receiver<Command>, max_ticks: Option<u64>) -> Shutdown {
         let mut ticks = 0u64;
         let mut next = Instant::now();
+        let mut look_again: Option<Instant> = None;
         loop {
             let now = Instant::now();
             if now >= next {
@@ -949,10 +1135,18 @@ impl Agent {
                     next = Instant::now() + self.policy.interval;
                 }
             }
-            let wait = next.saturating_duration_since(Instant::now());
+            if look_again.is_some_and(|at| at <= Instant::now()) {
+                look_again = self.look_again_due(Instant::now());
+            }
+            let until = look_again.map_or(next, |at| at.min(next));
+            let wait = until.saturating_duration_since(Instant::now());
             match commands.recv_timeout(wait.max(Duration::from_millis(1))) {
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(Command::Policy(p)) => self.set_policy(*p),
+                Ok(Command::Wake(token)) => {
+                    self.on_wake(token, Instant::now());
+                    look_again = self.next_look_again();
+                }
                 Err(RecvTimeoutError::Timeout) => {}
             }
         }

@@ -27,3 +27,4 @@ pub mod sampler;
 pub mod server;
 pub mod simulate;
 pub mod status;
+pub mod wake;

@@ -29,6 +29,7 @@ use sidecar_governor::quantity::format_cpu_millis;
 use sidecar_governor::reload::{self, ReloadTiming, Reloader};
 use sidecar_governor::sampler::{ProxyFiles, cpu_observation};
 use sidecar_governor::server::{Limits, Shared, admin_router, auth, public_router, serve};
+use sidecar_governor::wake::StallWatch;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -538,6 +539,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     );
 
     let (commands, inbox) = std::sync::mpsc::channel();
+    // Wake-ups between ticks: PSI triggers on the proxies' cpu.pressure (src/wake.rs).
+    let wake = agent.policy().cpu.wake_on_stall;
+    let wake_tx = commands.clone();
+    match StallWatch::start(wake.stall, wake.window, move |token| {
+        wake_tx.send(Command::Wake(token)).is_ok()
+    }) {
+        Ok(watch) => agent.set_stall_watch(watch),
+        Err(e) => warn!(error = %e, "cannot start the stall watch; proxies grow on ticks only"),
+    }
     // Hot reload of the policy file (a ConfigMap volume in a cluster).
     let reloader = match &args.config {
         Some(path) => {

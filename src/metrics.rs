@@ -96,6 +96,13 @@ pub struct ConfigLabels {
     pub hash: String,
 }
 
+/// Labels of `wakeups_total`: what a wake-up between ticks came to (`raised`, `none`,
+/// `held` by a push storm).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WakeLabels {
+    pub outcome: &'static str,
+}
+
 /// Labels of `discovery_source`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
@@ -122,6 +129,9 @@ pub struct Metrics {
     pub memory_max_bytes: Family<ProxyLabels, FloatGauge>,
     pub memory_pressure_ratio: Family<ProxyLabels, FloatGauge>,
     pub push_storms: Counter,
+    /// Proxies watched by a PSI stall trigger.
+    pub stall_triggers: Gauge,
+    pub wakeups: Family<WakeLabels, Counter>,
     pub tick_duration_seconds: Histogram,
     pub ticks: Counter,
     pub errors: Family<ErrorLabels, Counter>,
@@ -161,6 +171,8 @@ impl Metrics {
             memory_max_bytes: Family::default(),
             memory_pressure_ratio: Family::default(),
             push_storms: Counter::default(),
+            stall_triggers: Gauge::default(),
+            wakeups: Family::default(),
             tick_duration_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             ticks: Counter::default(),
             errors: Family::default(),
@@ -205,6 +217,19 @@ impl Metrics {
             "push_storms",
             "Node-wide simultaneous CPU spikes (config pushes) absorbed instead of scaling up",
             m.push_storms.clone(),
+        );
+        registry.register(
+            "stall_triggers",
+            "Proxies watched by a PSI trigger on cpu.pressure (wake-ups between ticks)",
+            m.stall_triggers.clone(),
+        );
+        for outcome in ["raised", "none", "held"] {
+            let _ = m.wakeups.get_or_create(&WakeLabels { outcome });
+        }
+        registry.register(
+            "wakeups",
+            "Wake-ups between ticks by a proxy's stall trigger, by outcome (raised, none, held by a push storm)",
+            m.wakeups.clone(),
         );
         registry.register(
             "actions",
@@ -307,6 +332,11 @@ impl Metrics {
     }
 
     /// Counts one action.
+    /// Counts a wake-up between ticks by its outcome.
+    pub fn wakeup(&self, outcome: &'static str) {
+        self.wakeups.get_or_create(&WakeLabels { outcome }).inc();
+    }
+
     pub fn action(&self, resource: &'static str, direction: &'static str, reason: &'static str) {
         self.actions
             .get_or_create(&ActionLabels {

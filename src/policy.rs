@@ -51,6 +51,9 @@ pub const DURATION_BOUNDS: &[(&str, DurationBounds)] = &[
     ("cpu.conflictBackoff", bounds(secs(1), secs(24 * 3600))),
     ("cpu.pushStorm.window", bounds(ms(100), secs(60))),
     ("cpu.pushStorm.grace", bounds(secs(1), secs(60))),
+    // The kernel's own range for a PSI trigger's window (its stall must be shorter).
+    ("cpu.wakeOnStall.window", bounds(ms(500), secs(10))),
+    ("cpu.wakeOnStall.busyHalfLife", bounds(secs(10), secs(3600))),
     ("memory.settleAfter", bounds(secs(1), secs(3600))),
     ("memory.scaleDownAfter", bounds(secs(1), secs(24 * 3600))),
     ("memory.probeInterval", bounds(secs(1), secs(3600))),
@@ -252,6 +255,16 @@ struct RawCpu {
     burst_ratio: Option<Scalar>,
     allow_above_limit: Option<bool>,
     push_storm: Option<RawPushStorm>,
+    wake_on_stall: Option<RawWake>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawWake {
+    enabled: Option<bool>,
+    stall: Option<Scalar>,
+    window: Option<Scalar>,
+    busy_half_life: Option<Scalar>,
 }
 
 /// The validated policy.
@@ -506,6 +519,21 @@ pub struct CpuPolicy {
     /// `cpu.max` first and lowering it last (for pods with one governed proxy).
     pub allow_above_limit: bool,
     pub push_storm: PushStormPolicy,
+    pub wake_on_stall: WakePolicy,
+}
+
+/// Growth between ticks: a PSI trigger on each governed proxy's `cpu.pressure` wakes the
+/// loop when the proxy stalls, and that proxy alone is stepped (grow only).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct WakePolicy {
+    pub enabled: bool,
+    /// The trigger fires when some task of the proxy stalled this long...
+    pub stall: Duration,
+    /// ...within this window (the kernel accepts 500ms to 10s).
+    pub window: Duration,
+    /// A woken proxy is raised to the quota it held when it was last busy; that level halves
+    /// toward the floor every `busyHalfLife` of quiet.
+    pub busy_half_life: Duration,
 }
 
 /// How a node-wide simultaneous spike (an xDS config push) is recognised and absorbed.
@@ -595,6 +623,12 @@ impl Default for Policy {
                     fraction: 0.5,
                     window: Duration::from_secs(3),
                     grace: Duration::from_secs(10),
+                },
+                wake_on_stall: WakePolicy {
+                    enabled: true,
+                    stall: Duration::from_millis(30),
+                    window: Duration::from_millis(500),
+                    busy_half_life: Duration::from_secs(300),
                 },
             },
             memory: MemoryPolicy {
@@ -938,6 +972,11 @@ impl Policy {
                 }
             },
             push_storm: Self::check_push_storm(r.push_storm.unwrap_or_default(), &dc.push_storm, c),
+            wake_on_stall: Self::check_wake(
+                r.wake_on_stall.unwrap_or_default(),
+                &dc.wake_on_stall,
+                c,
+            ),
         };
         if r.min.is_some() && cpu.min_millis < KERNEL_MIN_MILLIS {
             c.fail(
@@ -1007,6 +1046,30 @@ impl Policy {
             window: c.duration("cpu.pushStorm.window", r.window.as_ref(), d.window),
             grace: c.duration("cpu.pushStorm.grace", r.grace.as_ref(), d.grace),
         }
+    }
+
+    fn check_wake(r: RawWake, d: &WakePolicy, c: &mut Checker) -> WakePolicy {
+        let w = WakePolicy {
+            enabled: r.enabled.unwrap_or(d.enabled),
+            stall: c.duration("cpu.wakeOnStall.stall", r.stall.as_ref(), d.stall),
+            window: c.duration("cpu.wakeOnStall.window", r.window.as_ref(), d.window),
+            busy_half_life: c.duration(
+                "cpu.wakeOnStall.busyHalfLife",
+                r.busy_half_life.as_ref(),
+                d.busy_half_life,
+            ),
+        };
+        if w.stall >= w.window {
+            c.fail(
+                "cpu.wakeOnStall.stall",
+                format!(
+                    "must be shorter than cpu.wakeOnStall.window ({} >= {})",
+                    format_duration(w.stall),
+                    format_duration(w.window)
+                ),
+            );
+        }
+        w
     }
 
     fn check_memory(r: RawMemory, d: &MemoryPolicy, c: &mut Checker) -> MemoryPolicy {
@@ -1641,6 +1704,24 @@ cpu:
             |p| p.cpu.push_storm.grace,
         ),
         (
+            "cpu.wakeOnStall.window",
+            "500ms",
+            "10s",
+            "499ms",
+            "11s",
+            "500ms and 10s",
+            |p| p.cpu.wake_on_stall.window,
+        ),
+        (
+            "cpu.wakeOnStall.busyHalfLife",
+            "10s",
+            "1h",
+            "9s",
+            "61m",
+            "10s and 1h",
+            |p| p.cpu.wake_on_stall.busy_half_life,
+        ),
+        (
             "memory.settleAfter",
             "1s",
             "1h",
@@ -1711,6 +1792,22 @@ cpu:
         listed.sort_unstable();
         bounded.sort_unstable();
         assert_eq!(listed, bounded);
+    }
+
+    #[test]
+    fn a_stall_trigger_must_be_shorter_than_its_window() {
+        let p = Policy::from_yaml("cpu:\n  wakeOnStall:\n    stall: 100ms\n    window: 2s\n")
+            .unwrap();
+        let w = p.cpu.wake_on_stall;
+        assert!(w.enabled);
+        assert_eq!((w.stall, w.window), (ms(100), secs(2)));
+        assert_eq!(
+            errors("cpu:\n  wakeOnStall:\n    stall: 500ms\n"),
+            vec!["cpu.wakeOnStall.stall: must be shorter than cpu.wakeOnStall.window (500ms >= 500ms)"]
+        );
+        let off = Policy::from_yaml("cpu:\n  wakeOnStall:\n    enabled: false\n").unwrap();
+        assert!(!off.cpu.wake_on_stall.enabled);
+        assert!(errors("cpu:\n  wakeOnStall:\n    stal: 1ms\n")[0].contains("stal"));
     }
 
     #[test]

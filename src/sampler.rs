@@ -249,8 +249,15 @@ pub fn cpu_observation(
             .map(|d| (d as f64 / elapsed_us).min(1.0)),
         _ => None,
     };
+    // The share of its quota used in the periods it ran: 1.0 when every period it was
+    // active it used all it may (the kernel counts only periods with runnable work).
+    let active_utilization = match prev.cpu_max.quota_us {
+        Some(q) if periods > 0 && q > 0 => Some(usage as f64 / (periods as f64 * q as f64)),
+        _ => None,
+    };
     Some(CpuObservation {
         elapsed,
+        active_utilization,
         usage_millis: usage as f64 * 1000.0 / elapsed_us,
         throttled_ratio: if periods == 0 {
             0.0

@@ -25,6 +25,10 @@ pub struct CpuObservation {
     pub pressure_some: Option<f64>,
     /// The quota in force now, in millicores.
     pub quota_millis: u64,
+    /// Share of the quota used in the periods the proxy had work (usage over `nr_periods`
+    /// times the quota): near 1.0 when it used all it may whenever it ran. `None` without
+    /// periods (idle, or unlimited).
+    pub active_utilization: Option<f64>,
 }
 
 /// The range the quota may move in for one proxy, in millicores.
@@ -81,11 +85,33 @@ pub(crate) struct CpuState {
     pub previous_peak_millis: f64,
     /// Time into the current window.
     pub window: Duration,
+    /// The quota the proxy held when it was last busy, in millicores, decaying toward the
+    /// floor while it is quiet: what a proxy woken at its floor is raised to at once. Starts
+    /// at the ceiling (the container's own limit: what its author sized it for).
+    pub busy_millis: Option<f64>,
 }
 
 impl CpuState {
+    /// Restarts the quiet clock; the busy level stays.
     fn reset(&mut self) {
-        *self = CpuState::default();
+        *self = CpuState {
+            busy_millis: self.busy_millis,
+            ..CpuState::default()
+        };
+    }
+
+    /// The busy level now (the ceiling before anything was seen), within `bounds`.
+    fn busy_level(&self, bounds: CpuBounds) -> u64 {
+        let level = self.busy_millis.unwrap_or(bounds.ceiling as f64);
+        (level.ceil() as u64).clamp(bounds.floor, bounds.ceiling)
+    }
+
+    /// Quiet for `elapsed`: the busy level halves toward the floor every `half_life`.
+    fn decay_busy(&mut self, elapsed: Duration, bounds: CpuBounds, half_life: Duration) {
+        let floor = bounds.floor as f64;
+        let level = self.busy_millis.unwrap_or(bounds.ceiling as f64).max(floor);
+        let keep = 0.5f64.powf(elapsed.as_secs_f64() / half_life.as_secs_f64().max(1e-3));
+        self.busy_millis = Some(floor + (level - floor) * keep);
     }
 }
 
@@ -155,10 +181,14 @@ pub(crate) fn decide_cpu(
         let bursty = reason == Reason::Throttled && utilization < p.target_utilization;
         let want = if bursty { stepped } else { sized.max(stepped) };
         let want = (want.ceil() as u64).clamp(bounds.floor, bounds.ceiling);
+        if !bursty {
+            state.busy_millis = Some(want.max(current) as f64);
+        }
         return (want > current).then(|| up(want, reason)).flatten();
     }
 
     if utilization < p.scale_down_utilization && obs.throttled_ratio == 0.0 {
+        state.decay_busy(obs.elapsed, bounds, p.wake_on_stall.busy_half_life);
         state.quiet_for += obs.elapsed;
         state.quiet_peak_millis = state.quiet_peak_millis.max(usage);
         state.window += obs.elapsed;
@@ -181,10 +211,87 @@ pub(crate) fn decide_cpu(
             .flatten();
     }
 
-    // In the band between low use and pressure: steady.
+    // In the band between low use and pressure: steady, and busy at this quota.
     state.reset();
+    state.busy_millis = Some(current as f64);
     None
 }
+
+/// What a wake-up between ticks decided for one proxy (grow only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct WakeDecision {
+    pub decision: Option<CpuDecision>,
+    /// Look again after about one period: this sample spans mostly the quiet before the
+    /// stall, so whether the stall is lasting load cannot be told from it yet.
+    pub look_again: bool,
+}
+
+/// Decides for a proxy woken between ticks by its stall trigger (`first`), or looked at
+/// again shortly after (`!first`): growth only — shrinking stays on the tick.
+///
+/// A stall is lasting load when, in the periods the proxy ran, it used its whole quota
+/// and was throttled in most of them: then it is raised at once to the larger of its demand
+/// and its busy level ([`CpuState::busy_millis`]). A first wake-up that cannot tell yet
+/// steps up once (fast, and cheap if it was a blip) and asks to look again.
+pub(crate) fn decide_wake(
+    state: &mut CpuState,
+    obs: &CpuObservation,
+    bounds: CpuBounds,
+    p: &CpuPolicy,
+    first: bool,
+) -> WakeDecision {
+    let current = obs.quota_millis;
+    let none = WakeDecision::default();
+    if current < bounds.floor {
+        state.reset();
+        return WakeDecision {
+            decision: up(bounds.floor, Reason::Policy),
+            look_again: false,
+        };
+    }
+    if current >= bounds.ceiling {
+        return none;
+    }
+    let throttled = obs.throttled_ratio > 0.0;
+    let pressured = obs.pressure_some.is_some_and(|s| s >= p.pressure_threshold);
+    if !throttled && !pressured {
+        return none;
+    }
+    // Stalled: not a quiet stretch, whatever the usage.
+    state.reset();
+    let quota = current as f64;
+    let lasting = obs
+        .active_utilization
+        .is_some_and(|u| u >= p.scale_up_utilization)
+        && obs.throttled_ratio >= LASTING_THROTTLED_RATIO;
+    let stepped = quota * (1.0 + p.step_up);
+    let (want, look_again) = if lasting {
+        let demand =
+            (obs.usage_millis.max(0.0) + obs.throttled_millis.max(0.0)) / p.target_utilization;
+        let want = stepped.max(demand).max(state.busy_level(bounds) as f64);
+        (want, false)
+    } else if first {
+        (stepped, true)
+    } else {
+        // Looked again and it is not lasting load: the tick decides.
+        return none;
+    };
+    let want = (want.ceil() as u64).clamp(bounds.floor, bounds.ceiling);
+    if want <= current {
+        return WakeDecision {
+            decision: None,
+            look_again,
+        };
+    }
+    WakeDecision {
+        decision: up(want, Reason::Stall),
+        look_again,
+    }
+}
+
+/// Throttled in at least this share of the periods it ran: the stall is the quota's, not a
+/// blip (with the whole quota used in those periods).
+const LASTING_THROTTLED_RATIO: f64 = 0.5;
 
 #[cfg(test)]
 mod tests {
@@ -205,6 +312,7 @@ mod tests {
             throttled_millis: 0.0,
             pressure_some: Some(0.0),
             quota_millis: quota,
+            active_utilization: None,
         }
     }
 
@@ -552,5 +660,223 @@ mod tests {
         let d = decide_cpu(&mut state, &obs(1000, 950.0), bounds(), &p).unwrap();
         assert_eq!(d.direction, Direction::Up);
         assert_eq!(state.quiet_for, Duration::ZERO);
+    }
+
+    /// What a wake-up sees: `quota` in force, `usage` and throttled time over the span,
+    /// `ratio` of its active periods throttled, `active` share of the quota used in them.
+    fn stalled(quota: u64, usage: f64, ratio: f64, active: f64) -> CpuObservation {
+        CpuObservation {
+            elapsed: Duration::from_millis(100),
+            throttled_ratio: ratio,
+            throttled_millis: if ratio > 0.0 { 900.0 } else { 0.0 },
+            active_utilization: Some(active),
+            ..obs(quota, usage)
+        }
+    }
+
+    fn wake(state: &mut CpuState, o: &CpuObservation, first: bool) -> (u64, bool, Reason) {
+        let w = decide_wake(state, o, bounds(), &policy(), first);
+        let d = w.decision.expect("a decision");
+        assert_eq!(d.direction, Direction::Up);
+        (d.quota_millis, w.look_again, d.reason)
+    }
+
+    #[test]
+    fn a_first_wake_that_cannot_tell_steps_once_and_looks_again() {
+        // The span since the last tick is mostly the quiet before the stall: 2 of 10 active
+        // periods throttled, a fifth of the quota used in them.
+        let mut state = CpuState::default();
+        let o = stalled(100, 20.0, 0.2, 0.2);
+        assert_eq!(wake(&mut state, &o, true), (200, true, Reason::Stall));
+        // Looked again and it was a blip: nothing more, the tick decides.
+        let blip = stalled(200, 10.0, 0.1, 0.1);
+        assert_eq!(
+            decide_wake(&mut state, &blip, bounds(), &policy(), false),
+            WakeDecision::default()
+        );
+    }
+
+    #[test]
+    fn lasting_load_jumps_to_the_busy_level() {
+        // Never seen busy: the busy level is the ceiling (the container's own 2 cores).
+        let mut state = CpuState::default();
+        let o = stalled(200, 200.0, 1.0, 1.0);
+        assert_eq!(wake(&mut state, &o, false), (2000, false, Reason::Stall));
+        // Lasting on the first wake-up: at once, no second look.
+        let mut state = CpuState::default();
+        assert!(!wake(&mut state, &stalled(100, 100.0, 0.9, 0.95), true).1);
+    }
+
+    #[test]
+    fn the_busy_level_is_the_last_busy_quota_decaying_toward_the_floor() {
+        let p = policy();
+        let mut state = CpuState::default();
+        // Busy in the band at 800m (60% used): the level is 800m.
+        assert_eq!(decide_cpu(&mut state, &obs(800, 480.0), bounds(), &p), None);
+        assert_eq!(state.busy_millis, Some(800.0));
+        // 300 s quiet (one half-life) at 800m, shrinking as it goes.
+        let mut quota = 800;
+        for _ in 0..300 {
+            if let Some(d) = decide_cpu(&mut state, &obs(quota, 2.0), bounds(), &p) {
+                quota = d.quota_millis;
+            }
+        }
+        assert_eq!(quota, 100, "idle reaches the floor");
+        let level = state.busy_millis.unwrap();
+        assert!(
+            (level - 450.0).abs() < 1.0,
+            "half way to the floor: {level}"
+        );
+        // Woken at the floor under lasting load: raised to that level, not merely doubled.
+        let o = stalled(100, 100.0, 1.0, 1.0);
+        let (to, _, _) = wake(
+            &mut state,
+            &CpuObservation {
+                throttled_millis: 100.0,
+                ..o
+            },
+            true,
+        );
+        assert_eq!(to, 451);
+    }
+
+    #[test]
+    fn demand_above_the_busy_level_wins() {
+        let mut state = CpuState {
+            busy_millis: Some(300.0),
+            ..CpuState::default()
+        };
+        // 100m used, 1500m held back: demand 1600m at 60% target = 2667m, capped at 2000m.
+        let o = CpuObservation {
+            throttled_millis: 1500.0,
+            ..stalled(100, 100.0, 1.0, 1.0)
+        };
+        assert_eq!(wake(&mut state, &o, true).0, 2000);
+    }
+
+    #[test]
+    fn a_wake_without_a_stall_or_at_the_ceiling_does_nothing() {
+        let p = policy();
+        let mut state = CpuState {
+            quiet_for: Duration::from_secs(20),
+            ..CpuState::default()
+        };
+        // Woken (pressure below the threshold, no throttling): nothing, quiet clock kept.
+        let calm = CpuObservation {
+            pressure_some: Some(0.01),
+            ..stalled(100, 5.0, 0.0, 0.1)
+        };
+        assert_eq!(
+            decide_wake(&mut state, &calm, bounds(), &p, true),
+            WakeDecision::default()
+        );
+        assert_eq!(state.quiet_for, Duration::from_secs(20));
+        // At the ceiling: nothing to give; above it: never a shrink between ticks.
+        for quota in [2000, 3000] {
+            assert_eq!(
+                decide_wake(
+                    &mut state,
+                    &stalled(quota, quota as f64, 1.0, 1.0),
+                    bounds(),
+                    &p,
+                    true
+                ),
+                WakeDecision::default()
+            );
+        }
+    }
+
+    #[test]
+    fn a_stall_restarts_the_quiet_clock_and_pressure_alone_wakes() {
+        let p = policy();
+        let mut state = CpuState {
+            quiet_for: Duration::from_secs(20),
+            ..CpuState::default()
+        };
+        let pressured = CpuObservation {
+            pressure_some: Some(0.5),
+            ..stalled(100, 30.0, 0.0, 0.3)
+        };
+        let w = decide_wake(&mut state, &pressured, bounds(), &p, true);
+        assert_eq!(w.decision.map(|d| d.quota_millis), Some(200));
+        assert_eq!(state.quiet_for, Duration::ZERO);
+    }
+
+    #[test]
+    fn below_the_floor_a_wake_restores_the_floor() {
+        let w = decide_wake(
+            &mut CpuState::default(),
+            &stalled(50, 50.0, 1.0, 1.0),
+            bounds(),
+            &policy(),
+            true,
+        );
+        let d = w.decision.unwrap();
+        assert_eq!(
+            (d.quota_millis, d.reason, w.look_again),
+            (100, Reason::Policy, false)
+        );
+    }
+
+    /// Tick by tick, with wake-ups: idle from 2 cores to the floor, then a burst of 1.2 cores
+    /// of demand. The wake-up and its second look give the proxy its busy level within one
+    /// period; ticks then settle it without oscillating, and it goes back down once idle.
+    #[test]
+    fn wake_then_ticks_idle_burst_idle() {
+        let p = CpuPolicy {
+            scale_down_after: Duration::from_secs(3),
+            step_down: 0.9,
+            ..policy()
+        };
+        let b = bounds();
+        let mut state = CpuState::default();
+        let mut quota = 2000u64;
+        let tick = |state: &mut CpuState, quota: &mut u64, usage: f64, throttled: f64| {
+            let ratio = if throttled > 0.0 { 0.9 } else { 0.0 };
+            let o = CpuObservation {
+                throttled_ratio: ratio,
+                throttled_millis: throttled,
+                ..obs(*quota, usage)
+            };
+            let d = decide_cpu(state, &o, b, &p);
+            if let Some(d) = d {
+                *quota = d.quota_millis;
+            }
+            d
+        };
+        // Idle: at the floor after scaleDownAfter plus two steps.
+        let mut at_floor = None;
+        for t in 0..10 {
+            tick(&mut state, &mut quota, 3.0, 0.0);
+            if quota == 100 && at_floor.is_none() {
+                at_floor = Some(t);
+            }
+        }
+        assert_eq!(at_floor, Some(3), "2000 -> 200 -> 100 after 3 s quiet");
+        // The burst: the first wake's span is diluted by the idle before it.
+        let first = decide_wake(&mut state, &stalled(100, 15.0, 0.2, 0.3), b, &p, true);
+        quota = first.decision.unwrap().quota_millis;
+        assert_eq!((quota, first.look_again), (200, true));
+        let again = decide_wake(&mut state, &stalled(200, 200.0, 1.0, 1.0), b, &p, false);
+        quota = again.decision.unwrap().quota_millis;
+        assert!(
+            quota >= 1800,
+            "busy level (the ceiling, decayed over 10 s): {quota}"
+        );
+        // Ticks under 1.2 cores of demand: no throttling now; it settles and holds.
+        let mut trace = Vec::new();
+        for _ in 0..20 {
+            trace.push((quota, tick(&mut state, &mut quota, 1200.0, 0.0)));
+        }
+        assert!(trace.iter().all(|(q, _)| *q >= 1200), "{trace:?}");
+        assert!(
+            trace[3..].iter().all(|(_, d)| d.is_none()),
+            "no oscillation: {trace:?}"
+        );
+        // Idle again: back to the floor within a few seconds.
+        for _ in 0..6 {
+            tick(&mut state, &mut quota, 3.0, 0.0);
+        }
+        assert_eq!(quota, 100);
     }
 }

@@ -6,7 +6,7 @@ pub(crate) mod cpu;
 pub(crate) mod memory;
 pub(crate) mod storm;
 
-pub(crate) use cpu::{CpuBounds, CpuDecision, CpuObservation, CpuState, decide_cpu};
+pub(crate) use cpu::{CpuBounds, CpuDecision, CpuObservation, CpuState, decide_cpu, decide_wake};
 pub(crate) use memory::{
     MemoryAction, MemoryBounds, MemoryDecision, MemoryEventsDelta, MemoryObservation, MemoryState,
     decide_memory, wants_stat,
@@ -41,6 +41,8 @@ pub enum Reason {
     NearQuota,
     /// CPU pressure (PSI) above `pressureThreshold` with usage above target.
     Pressure,
+    /// Stalled between ticks: its CPU pressure trigger woke the loop (`cpu.wakeOnStall`).
+    Stall,
     /// Low use for `scaleDownAfter`.
     Idle,
     /// The quota lay outside the policy's bounds (a reload moved them).
@@ -67,6 +69,7 @@ impl Reason {
             Reason::Throttled => "throttled",
             Reason::NearQuota => "near_quota",
             Reason::Pressure => "pressure",
+            Reason::Stall => "stall",
             Reason::Idle => "idle",
             Reason::Policy => "policy",
             Reason::Exit => "exit",

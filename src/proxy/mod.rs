@@ -27,6 +27,7 @@ use crate::cgroup::{CgroupError, CpuMax};
 use crate::controller::storm::StormCandidate;
 use crate::controller::{
     CpuBounds, CpuDecision, CpuObservation, CpuState, Direction, MemoryAction, Reason, decide_cpu,
+    decide_wake,
 };
 use crate::events::EventReason;
 use crate::ownership::{ContainerRecord, CpuMaxValue, Found, Limit};
@@ -159,6 +160,9 @@ pub(crate) struct StepOutcome {
     pub problems: Vec<Problem>,
     /// Sampling works again after failing.
     pub recovered: bool,
+    /// A wake-up could not yet tell a lasting stall from a blip: look again in about a
+    /// period ([`ProxyCore::wake`]).
+    pub look_again: bool,
 }
 
 impl StepOutcome {
@@ -246,24 +250,9 @@ impl ProxyCore {
         now: Instant,
     ) -> StepOutcome {
         let mut out = StepOutcome::default();
-        // Sampled at this instant already (found in this tick): nothing new to observe.
-        if self.prev.is_some_and(|p| p.at >= now) {
+        let Some(sample) = self.sample(io, now, &mut out) else {
             return out;
-        }
-        let sample = match io.sample_cpu(now) {
-            Ok(v) => v,
-            Err(e) if e.is_gone() => return StepOutcome::gone(),
-            Err(error) => {
-                out.problems.push(Problem {
-                    what: "sample",
-                    error,
-                    first: !self.failing,
-                });
-                self.failing = true;
-                return out;
-            }
         };
-        out.recovered = std::mem::take(&mut self.failing);
         let (outside, plan) = self.plan_cpu(sample, record, s, now);
         if outside {
             out.outside.push("cpu.max");
@@ -278,6 +267,65 @@ impl ProxyCore {
         out
     }
 
+    /// The step of a proxy woken between ticks by its stall trigger (`first`) or looked at
+    /// again shortly after: samples its CPU, reconciles like a tick and plans growth only
+    /// (`decide_wake`); memory and shrinking stay on the tick. Nothing in a dry run.
+    pub(crate) fn wake(
+        &mut self,
+        io: &mut impl ProxyIo,
+        record: &mut ContainerRecord,
+        s: &Settings<'_>,
+        now: Instant,
+        first: bool,
+    ) -> StepOutcome {
+        let mut out = StepOutcome::default();
+        if s.dry_run {
+            return out;
+        }
+        let Some(sample) = self.sample(io, now, &mut out) else {
+            return out;
+        };
+        let (outside, plan, look_again) = self.plan(sample, record, s, now, Some(first));
+        if outside {
+            out.outside.push("cpu.max");
+        }
+        out.cpu = plan;
+        out.look_again = look_again;
+        out
+    }
+
+    /// Reads the CPU sample of a step; `None` (with `out` saying why) when there is none.
+    fn sample(
+        &mut self,
+        io: &mut impl ProxyIo,
+        now: Instant,
+        out: &mut StepOutcome,
+    ) -> Option<RawSample> {
+        // Sampled at this instant already (found in this tick): nothing new to observe.
+        if self.prev.is_some_and(|p| p.at >= now) {
+            return None;
+        }
+        match io.sample_cpu(now) {
+            Ok(v) => {
+                out.recovered = std::mem::take(&mut self.failing);
+                Some(v)
+            }
+            Err(e) if e.is_gone() => {
+                out.gone = true;
+                None
+            }
+            Err(error) => {
+                out.problems.push(Problem {
+                    what: "sample",
+                    error,
+                    first: !self.failing,
+                });
+                self.failing = true;
+                None
+            }
+        }
+    }
+
     /// Reconciles a CPU sample with the record and decides (pure). Returns whether the
     /// sample showed someone else's `cpu.max`, and the plan.
     pub(crate) fn plan_cpu(
@@ -287,6 +335,20 @@ impl ProxyCore {
         s: &Settings<'_>,
         now: Instant,
     ) -> (bool, Option<CpuPlan>) {
+        let (outside, plan, _) = self.plan(sample, record, s, now, None);
+        (outside, plan)
+    }
+
+    /// [`ProxyCore::plan_cpu`] for a tick (`wake` `None`) or a wake-up (`Some(first)`); the
+    /// last value says whether a wake-up wants to look again.
+    fn plan(
+        &mut self,
+        sample: RawSample,
+        record: &mut ContainerRecord,
+        s: &Settings<'_>,
+        now: Instant,
+        wake: Option<bool>,
+    ) -> (bool, Option<CpuPlan>, bool) {
         // Coexistence: a value neither original nor ours is someone else's; it becomes the
         // original (the record changes, and the journal is due a flush, only then).
         let was_touched = record.cpu_max.touched();
@@ -310,16 +372,23 @@ impl ProxyCore {
             .and_then(|prev| cpu_observation(prev, &sample, in_force));
         self.prev = Some(sample);
         let Some(obs) = obs else {
-            return (outside, None);
+            return (outside, None, false);
         };
         self.last_obs = Some(obs);
         if let Some(until) = self.backoff_until {
             if now < until {
-                return (outside, None);
+                return (outside, None, false);
             }
             self.backoff_until = None;
         }
-        let plan = decide_cpu(&mut self.cpu, &obs, bounds, s.cpu).map(|decision| CpuPlan {
+        let (decision, look_again) = match wake {
+            None => (decide_cpu(&mut self.cpu, &obs, bounds, s.cpu), false),
+            Some(first) => {
+                let w = decide_wake(&mut self.cpu, &obs, bounds, s.cpu, first);
+                (w.decision, w.look_again)
+            }
+        };
+        let plan = decision.map(|decision| CpuPlan {
             decision,
             from: in_force,
             floor: bounds.floor,
@@ -331,7 +400,7 @@ impl ProxyCore {
             counts_in_storms: s.runtime_identity,
             throttled: obs.throttled_ratio > s.cpu.throttled_ratio,
         });
-        (outside, plan)
+        (outside, plan, look_again)
     }
 
     /// Dry run: the decision is only remembered (and shown).
