@@ -1796,14 +1796,16 @@ cpu:
 
     #[test]
     fn a_stall_trigger_must_be_shorter_than_its_window() {
-        let p = Policy::from_yaml("cpu:\n  wakeOnStall:\n    stall: 100ms\n    window: 2s\n")
-            .unwrap();
+        let p =
+            Policy::from_yaml("cpu:\n  wakeOnStall:\n    stall: 100ms\n    window: 2s\n").unwrap();
         let w = p.cpu.wake_on_stall;
         assert!(w.enabled);
         assert_eq!((w.stall, w.window), (ms(100), secs(2)));
         assert_eq!(
             errors("cpu:\n  wakeOnStall:\n    stall: 500ms\n"),
-            vec!["cpu.wakeOnStall.stall: must be shorter than cpu.wakeOnStall.window (500ms >= 500ms)"]
+            vec![
+                "cpu.wakeOnStall.stall: must be shorter than cpu.wakeOnStall.window (500ms >= 500ms)"
+            ]
         );
         let off = Policy::from_yaml("cpu:\n  wakeOnStall:\n    enabled: false\n").unwrap();
         assert!(!off.cpu.wake_on_stall.enabled);

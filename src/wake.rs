@@ -10,9 +10,11 @@
 //! sleeps in the kernel until a trigger fires.
 //!
 //! Kernel rules: a window of 500 ms to 10 s; since Linux 6.5 a writer without
-//! `CAP_SYS_RESOURCE` may only use windows that are multiples of 2 s; one trigger per open
-//! descriptor; closing the descriptor removes it. A plain file (a fixture tree) is never
-//! written: the descriptor must be on cgroup2.
+//! `CAP_SYS_RESOURCE` may only use windows that are multiples of 2 s — refused (`EINVAL`), the
+//! watch falls back to the window rounded up to one (the DaemonSet drops every capability;
+//! the kernel then checks its thresholds every window/10, so 200 ms instead of 50 ms at 2 s);
+//! one trigger per open descriptor; closing the descriptor removes it. A plain file (a
+//! fixture tree) is never written: the descriptor must be on cgroup2.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -87,7 +89,20 @@ pub struct StallWatch {
     armed: HashMap<String, Armed>,
     keys: HashMap<u64, String>,
     next: u64,
+    /// The policy's stall and window.
+    configured: (Duration, Duration),
+    stall: Duration,
+    /// The window in use (the policy's, or its unprivileged fallback).
+    window: Duration,
     text: String,
+}
+
+/// The window an unprivileged writer may use on Linux 6.5+: `window` rounded up to a
+/// multiple of 2 s (at most 10 s).
+pub fn unprivileged_window(window: Duration) -> Duration {
+    let two = 2_000_000u128;
+    let us = window.as_micros().div_ceil(two) * two;
+    Duration::from_micros(us.clamp(two, 10_000_000) as u64)
 }
 
 impl StallWatch {
@@ -115,6 +130,9 @@ impl StallWatch {
             armed: HashMap::new(),
             keys: HashMap::new(),
             next: 0,
+            configured: (stall, window),
+            stall,
+            window,
             text: trigger_text(stall, window),
         })
     }
@@ -141,23 +159,25 @@ impl StallWatch {
         if fs.filesystem_type() != CGROUP2_SUPER_MAGIC {
             return Err(WakeError::NotCgroup { path });
         }
-        // One write: the kernel takes the trigger from a single buffer.
-        match file.write(self.text.as_bytes()) {
-            Ok(n) if n == self.text.len() => {}
-            Ok(n) => {
+        if let Err(e) = write_trigger(&mut file, &self.text) {
+            let fallback = unprivileged_window(self.window);
+            let einval = e.raw_os_error() == Some(Errno::EINVAL as i32);
+            // Refused as an unprivileged writer's short window: the 2 s multiple, from now on.
+            let text = trigger_text(self.stall, fallback);
+            if !(einval && fallback != self.window && write_trigger(&mut file, &text).is_ok()) {
                 return Err(WakeError::Trigger {
                     path,
                     text: self.text.clone(),
-                    source: std::io::Error::other(format!("short write of {n} bytes")),
+                    source: e,
                 });
             }
-            Err(source) => {
-                return Err(WakeError::Trigger {
-                    path,
-                    text: self.text.clone(),
-                    source,
-                });
-            }
+            warn!(
+                window_ms = self.window.as_millis() as u64,
+                fallback_ms = fallback.as_millis() as u64,
+                "the kernel refused the stall trigger's window (Linux 6.5+ without CAP_SYS_RESOURCE takes multiples of 2 s); using the fallback"
+            );
+            self.window = fallback;
+            self.text = text;
         }
         let token = self.next;
         self.epoll
@@ -185,11 +205,18 @@ impl StallWatch {
 
     /// Watches with a new trigger from now on (proxies are re-armed by the caller).
     pub fn set_trigger(&mut self, stall: Duration, window: Duration) {
-        let text = trigger_text(stall, window);
-        if text != self.text {
+        if (stall, window) != self.configured {
             self.disarm_all();
-            self.text = text;
+            self.configured = (stall, window);
+            self.stall = stall;
+            self.window = window;
+            self.text = trigger_text(stall, window);
         }
+    }
+
+    /// The trigger in use (`some <stall us> <window us>`).
+    pub fn trigger(&self) -> &str {
+        self.text.trim_end()
     }
 
     /// The proxy a token belongs to (`None` once it was disarmed).
@@ -218,6 +245,14 @@ impl Drop for StallWatch {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Writes a trigger in one `write` (the kernel takes it from a single buffer).
+fn write_trigger(file: &mut File, text: &str) -> std::io::Result<()> {
+    match file.write(text.as_bytes())? {
+        n if n == text.len() => Ok(()),
+        n => Err(std::io::Error::other(format!("short write of {n} bytes"))),
     }
 }
 
@@ -261,6 +296,15 @@ mod tests {
             trigger_text(Duration::from_millis(30), Duration::from_millis(500)),
             "some 30000 500000\n"
         );
+    }
+
+    #[test]
+    fn unprivileged_windows_are_multiples_of_two_seconds() {
+        let s = Duration::from_secs;
+        assert_eq!(unprivileged_window(Duration::from_millis(500)), s(2));
+        assert_eq!(unprivileged_window(s(2)), s(2));
+        assert_eq!(unprivileged_window(Duration::from_millis(2001)), s(4));
+        assert_eq!(unprivileged_window(s(10)), s(10));
     }
 
     #[test]

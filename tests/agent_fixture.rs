@@ -571,3 +571,85 @@ fn inside_a_cgroup_namespace_paths_are_resolved_from_its_root() {
         "the agent's own cgroup is not a proxy"
     );
 }
+
+/// The wake-up path (a proxy's stall trigger fired) on a fixture tree: the trigger itself is
+/// the kernel's and is proven in the VM (`wake-stall`); here, what a wake-up does.
+#[test]
+fn a_woken_proxy_grows_between_ticks_and_is_journaled() {
+    let mut node = Node::new();
+    let mut envoy = proxy(&mut node, 1, 1);
+    let mut h = Harness::new(&node, policy(), false);
+    run(&mut h, &mut [&mut envoy], 45, |_, _| 2);
+    assert_eq!(envoy.quota_millis(), Some(100));
+    let ms = std::time::Duration::from_millis;
+    // 300 ms after the tick: three quiet periods, then one throttled at the floor. The span
+    // cannot tell a blip from load: one step, and a second look.
+    envoy.run_periods(4, 10_000, 1, 90_000);
+    h.agent.wake_proxy(&envoy.rel, h.now + ms(300), true);
+    assert_eq!(
+        envoy.quota_millis(),
+        Some(200),
+        "one step: {}",
+        envoy.cpu_max()
+    );
+    let journal = Journal::load(&node.state).unwrap();
+    let record = journal.container(&envoy.rel).unwrap();
+    assert_eq!(record.cpu_max.original.0.to_string(), TWO_CORES);
+    assert!(record.cpu_max.touched());
+    // The second look, a period later: its whole 200m used and throttled: lasting load.
+    envoy.run_periods(1, 20_000, 1, 80_000);
+    assert_eq!(
+        h.agent.look_again_due(h.now + ms(350)),
+        Some(h.now + ms(400))
+    );
+    assert_eq!(envoy.quota_millis(), Some(200), "not due yet");
+    assert_eq!(h.agent.look_again_due(h.now + ms(400)), None);
+    // The busy level: the 2-core original, decayed a little over 45 s of quiet.
+    let q = envoy.quota_millis().unwrap();
+    assert!((1700..2000).contains(&q), "busy level: {}", envoy.cpu_max());
+    let m = h.metrics();
+    assert!(m.contains("direction=\"up\",reason=\"stall\"} 2"), "{m}");
+    assert!(
+        m.contains("sidecar_governor_wakeups_total{outcome=\"raised\"} 2"),
+        "{m}"
+    );
+    // A wake-up with nothing stalled does nothing, and the tick goes on from there.
+    h.agent.wake_proxy(&envoy.rel, h.now + ms(600), true);
+    assert_eq!(envoy.quota_millis(), Some(q));
+    assert!(
+        h.metrics()
+            .contains("sidecar_governor_wakeups_total{outcome=\"none\"} 1")
+    );
+    // The restore still brings back the original.
+    let out = h.agent.shutdown();
+    assert!(out.clean(), "{out:?}");
+    assert_eq!(envoy.cpu_max(), TWO_CORES);
+}
+
+#[test]
+fn wake_ups_write_nothing_in_dry_run_or_when_off() {
+    for (dry_run, yaml) in [(true, ""), (false, "  wakeOnStall:\n    enabled: false\n")] {
+        let mut node = Node::new();
+        let mut envoy = proxy(&mut node, 1, 1);
+        let text =
+            format!("interval: 1s\ncpu:\n  min: 100m\n  max: \"2\"\n  scaleDownAfter: 3s\n{yaml}");
+        let mut h = Harness::new(&node, Policy::from_yaml(&text).unwrap(), dry_run);
+        run(&mut h, &mut [&mut envoy], 45, |_, _| 2);
+        let before = envoy.cpu_max();
+        envoy.run_periods(1, 10_000, 1, 90_000);
+        h.agent.wake_proxy(
+            &envoy.rel,
+            h.now + std::time::Duration::from_millis(300),
+            true,
+        );
+        assert_eq!(
+            envoy.cpu_max(),
+            before,
+            "dry run {dry_run}, policy {yaml:?}"
+        );
+        assert!(
+            h.metrics()
+                .contains("sidecar_governor_wakeups_total{outcome=\"raised\"} 0")
+        );
+    }
+}

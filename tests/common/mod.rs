@@ -225,6 +225,16 @@ pub fn write_cgroup_files(dir: &Path, cpu_max: &str) {
 impl Container {
     /// Adds one second of activity: `millis` of CPU used, and when `throttled` the quota held
     /// back `held_millis` more (100 periods per second, 90 of them throttled).
+    /// `periods` enforcement periods in which the proxy used `used_us` in all, `throttled`
+    /// of them throttled for `held_us` in all (a part of a second: a wake-up's span).
+    pub fn run_periods(&mut self, periods: u64, used_us: u64, throttled: u64, held_us: u64) {
+        self.usage_us += used_us;
+        self.periods += periods;
+        self.throttled += throttled;
+        self.throttled_us += held_us;
+        self.write_cpu_stat();
+    }
+
     pub fn run_for_a_second(&mut self, millis: u64, held_millis: u64) {
         self.usage_us += millis * 1000;
         self.periods += 10;
@@ -232,6 +242,10 @@ impl Container {
             self.throttled += 9;
             self.throttled_us += held_millis * 1000;
         }
+        self.write_cpu_stat();
+    }
+
+    fn write_cpu_stat(&self) {
         fs::write(
             self.dir.join("cpu.stat"),
             format!(
