@@ -211,13 +211,15 @@ impl Agent {
         self.rearm();
     }
 
-    /// Watches every governed proxy with the policy's trigger, or none when it is off.
+    /// Watches every governed proxy with the policy's trigger, or none when it is off or
+    /// the whole agent is in dry run (a wake-up would write nothing).
     fn rearm(&mut self) {
         let w = self.policy.cpu.wake_on_stall;
+        let on = w.enabled && !self.dry_run();
         let Some(watch) = self.stall.as_mut() else {
             return;
         };
-        if w.enabled {
+        if on {
             watch.set_trigger(w.stall, w.window);
             let keys: Vec<String> = self.governed.keys().cloned().collect();
             for key in keys {
@@ -235,7 +237,9 @@ impl Agent {
         let (Some(watch), Some(g)) = (self.stall.as_mut(), self.governed.get(key)) else {
             return;
         };
-        if !self.policy.cpu.wake_on_stall.enabled || watch.is_armed(key) {
+        let on =
+            self.policy.cpu.wake_on_stall.enabled && !(self.dry_run_flag || self.policy.dry_run);
+        if !on || watch.is_armed(key) {
             return;
         }
         if let Err(e) = watch.arm(key, &g.proxy.dir) {

@@ -188,6 +188,9 @@ pub(crate) struct ProxyCore {
     last_action: Option<ActionView>,
     /// The memory side; `None` when memory is not governed for this proxy.
     mem: Option<MemoryCore>,
+    /// The quota's ceiling at the last plan: a wake-up of a proxy already there reads nothing
+    /// (a proxy hot at its ceiling stalls every trigger window).
+    ceiling: Option<u64>,
 }
 
 impl ProxyCore {
@@ -279,7 +282,12 @@ impl ProxyCore {
         first: bool,
     ) -> StepOutcome {
         let mut out = StepOutcome::default();
-        if s.dry_run {
+        let at_ceiling = self
+            .prev
+            .and_then(|p| p.cpu_max.millis())
+            .zip(self.ceiling)
+            .is_some_and(|(q, c)| q >= c);
+        if s.dry_run || at_ceiling {
             return out;
         }
         let Some(sample) = self.sample(io, now, &mut out) else {
@@ -360,6 +368,7 @@ impl ProxyCore {
         let original = record.cpu_max.original.0;
         let bounds = CpuBounds::new(s.cpu, original.millis())
             .with_concurrency(s.concurrency, s.cpu.per_worker_min_millis);
+        self.ceiling = Some(bounds.ceiling);
         let in_force = if s.dry_run {
             self.planned_millis.or(sample.cpu_max.millis())
         } else {

@@ -346,3 +346,51 @@ fn a_proxy_primed_when_found_is_not_read_again_at_that_instant() {
         "observed from the primed sample"
     );
 }
+
+#[test]
+fn a_wake_up_at_the_ceiling_reads_nothing_and_below_it_grows_only() {
+    let mut p = Proxy::new(2000, false);
+    // Hot at its own 2 cores (the ceiling): a stall trigger fires every window, and each
+    // wake-up must cost nothing — no sample.
+    p.tick(3000.0);
+    p.tick(3000.0);
+    let policy = p.policy.clone();
+    let settings = Settings {
+        cpu: &policy.cpu,
+        memory: &policy.memory,
+        dry_run: false,
+        concurrency: None,
+        conflict_backoff: policy.cpu.conflict_backoff,
+        runtime_identity: true,
+    };
+    let samples = p.fake.cpu_samples;
+    let at = p.now() + Duration::from_millis(300);
+    let out = p.core.wake(&mut p.fake, &mut p.record, &settings, at, true);
+    assert!(out.cpu.is_none() && !out.look_again);
+    assert_eq!(p.fake.cpu_samples, samples, "nothing read at the ceiling");
+    // Idle: it shrinks on ticks; a wake-up while idle (no stall) never shrinks it further.
+    for _ in 0..40 {
+        p.tick(5.0);
+    }
+    let low = p.quota().unwrap();
+    assert!(low < 2000);
+    p.fake.run(5.0, 100 * MI);
+    let at = p.now() + Duration::from_millis(500);
+    let out = p.core.wake(&mut p.fake, &mut p.record, &settings, at, true);
+    assert_eq!(
+        p.fake.cpu_samples,
+        samples + 41,
+        "below the ceiling it samples"
+    );
+    assert!(out.cpu.is_none(), "no stall, no action: {:?}", out.cpu);
+    // Stalled (1.5 cores of demand on the floor): growth, reason stall.
+    p.fake.run(1500.0, 100 * MI);
+    let at = at + Duration::from_millis(900);
+    let out = p.core.wake(&mut p.fake, &mut p.record, &settings, at, true);
+    let plan = out.cpu.expect("a stalled proxy grows between ticks");
+    assert_eq!(
+        (plan.decision.direction, plan.decision.reason),
+        (Direction::Up, Reason::Stall)
+    );
+    assert!(plan.decision.quota_millis > low);
+}
