@@ -569,6 +569,7 @@ impl Agent {
             }
             None => (None, None),
         };
+        self.advise_workers(&proxy, record.cpu_max.original.0.millis());
         let key = proxy.key.clone();
         // The reading just taken is the first sample: this tick's step reads nothing again.
         let mut core = ProxyCore::new(mem_core);
@@ -591,6 +592,46 @@ impl Agent {
             self.tell_outside(&key, &outside.join(", "));
         }
         self.arm(&key);
+    }
+
+    /// A proxy with more workers than its CPU ceiling can serve (`cpu.perWorkerMin` each) is
+    /// told about once, when found: a warning and an Event on its pod naming the worker count
+    /// that would fit. The quota is not raised for it (the pod's author set the workers).
+    fn advise_workers(&self, proxy: &Proxy, original_millis: Option<u64>) {
+        let effective = self.policy.effective(&proxy.id.namespace, &proxy.control);
+        let standing = Standing {
+            runtime_identity: proxy.runtime_identity,
+            limit_millis: original_millis,
+        };
+        let (cpu, _) = effective.cpu_for(&proxy.control, standing);
+        let ceiling = crate::controller::CpuBounds::new(&cpu, original_millis).ceiling;
+        let Some(fit) = crate::controller::fitting_workers(
+            proxy.concurrency,
+            ceiling,
+            cpu.per_worker_min_millis,
+        ) else {
+            return;
+        };
+        let workers = proxy.concurrency.unwrap_or_default();
+        let message = format!(
+            "container {} runs {workers} proxy workers but its CPU ceiling {} (the lower of its limit and the policy's cpu.max) gives {} each at most; {fit} workers would fit (Envoy --concurrency, Linkerd LINKERD2_PROXY_CORES); the quota is not raised for them",
+            proxy.id.container,
+            format_cpu_millis(ceiling),
+            format_cpu_millis(ceiling / u64::from(workers.max(1))),
+        );
+        warn!(
+            cgroup = proxy.key,
+            namespace = proxy.id.namespace,
+            pod = proxy.id.pod,
+            workers,
+            fit,
+            "more proxy workers than the CPU ceiling can serve"
+        );
+        self.events.emit(PodEvent::about(
+            &proxy.id,
+            EventReason::WorkersUnfit,
+            message,
+        ));
     }
 
     /// Someone else changed `what` of a governed container: its value is the original now

@@ -32,6 +32,8 @@ pub enum EventReason {
     Restored,
     /// Someone else changed a limit the agent had written; the agent backs off.
     Conflict,
+    /// The proxy runs more workers than its CPU limit can serve.
+    WorkersUnfit,
 }
 
 impl EventReason {
@@ -42,6 +44,7 @@ impl EventReason {
             EventReason::AtFloor => "SidecarCPUAtFloor",
             EventReason::Restored => "SidecarLimitsRestored",
             EventReason::Conflict => "SidecarLimitConflict",
+            EventReason::WorkersUnfit => "SidecarConcurrencyTooHigh",
         }
     }
 
@@ -51,12 +54,13 @@ impl EventReason {
             EventReason::ScaledUp | EventReason::AtFloor => "ResizeCPU",
             EventReason::Restored => "Restore",
             EventReason::Conflict => "BackOff",
+            EventReason::WorkersUnfit => "Advise",
         }
     }
 
     fn event_type(self) -> EventType {
         match self {
-            EventReason::Conflict => EventType::Warning,
+            EventReason::Conflict | EventReason::WorkersUnfit => EventType::Warning,
             _ => EventType::Normal,
         }
     }

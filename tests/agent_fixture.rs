@@ -653,3 +653,29 @@ fn wake_ups_write_nothing_in_dry_run_or_when_off() {
         );
     }
 }
+
+#[test]
+fn linkerd_workers_come_from_its_environment() {
+    use sidecar_governor::discovery::Discovery;
+    use sidecar_governor::discovery::procfs::ProcfsDiscovery;
+    let mut node = Node::new();
+    let mut c = node.container(1, 1, TWO_CORES);
+    let pid = node.process(
+        &mut c,
+        "linkerd2-proxy",
+        &["/usr/lib/linkerd/linkerd2-proxy"],
+    );
+    std::fs::write(
+        node.proc.join(pid.to_string()).join("environ"),
+        b"LINKERD2_PROXY_LOG=warn\0LINKERD2_PROXY_CORES=3\0",
+    )
+    .unwrap();
+    let envoy = proxy(&mut node, 2, 2);
+    let found = ProcfsDiscovery::new(&node.proc, &node.cgroup)
+        .discover(&policy().matching)
+        .unwrap();
+    let workers = |rel: &str| found.iter().find(|p| p.key == rel).unwrap().concurrency;
+    assert_eq!(workers(&c.rel), Some(3));
+    // Envoy's come from its command line.
+    assert_eq!(workers(&envoy.rel), Some(2));
+}

@@ -384,6 +384,55 @@ fn agent_emits_events_where_actions_matter() {
 }
 
 #[test]
+fn more_workers_than_the_limit_serves_is_told_once_and_nothing_is_raised() {
+    // Envoy with 8 workers under a 200m limit: 50m each (cpu.perWorkerMin) serves 4.
+    let mut node = Node::new("20000 100000");
+    let pid = node.proc.join("4242");
+    fs::write(pid.join("cmdline"), b"envoy\0--concurrency\x008\0").unwrap();
+    let (mut agent, _shared) = node.agent(
+        Policy::from_yaml("cpu:\n  scaleDownAfter: 1s\n").unwrap(),
+        Box::new(Named(ProcfsDiscovery::new(&node.proc, &node.cgroup))),
+    );
+    let sink = Arc::new(Recorded::default());
+    agent.set_events(sink.clone());
+    let t0 = Instant::now();
+    for s in 1..5 {
+        node.run(150, true);
+        agent.tick(t0 + Duration::from_secs(s));
+    }
+    let told: Vec<PodEvent> = sink
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.reason == EventReason::WorkersUnfit)
+        .cloned()
+        .collect();
+    assert_eq!(told.len(), 1, "once, when found: {told:?}");
+    assert!(
+        told[0].message.contains("8 proxy workers"),
+        "{}",
+        told[0].message
+    );
+    assert!(
+        told[0].message.contains("4 workers would fit"),
+        "{}",
+        told[0].message
+    );
+    assert_eq!(node.cpu_max(), "20000 100000", "never above its own limit");
+    // 2 workers fit: nothing to tell.
+    let node = Node::new("20000 100000");
+    let (mut agent, _shared) = node.agent(
+        Policy::default(),
+        Box::new(Named(ProcfsDiscovery::new(&node.proc, &node.cgroup))),
+    );
+    let sink = Arc::new(Recorded::default());
+    agent.set_events(sink.clone());
+    agent.tick(t0);
+    assert!(!sink.reasons().contains(&EventReason::WorkersUnfit));
+}
+
+#[test]
 fn no_events_without_pod_names() {
     let mut node = Node::new("100000 100000");
     let policy = Policy::from_yaml("cpu:\n  scaleDownAfter: 1s\n  stepDown: 0.9\n").unwrap();

@@ -72,6 +72,18 @@ impl CpuBounds {
     }
 }
 
+/// The worker count a quota ceiling of `ceiling_millis` can serve at `per_worker_millis`
+/// each, when `workers` is more than that (`None` when they fit, or nothing is known).
+pub(crate) fn fitting_workers(
+    workers: Option<u32>,
+    ceiling_millis: u64,
+    per_worker_millis: u64,
+) -> Option<u32> {
+    let n = workers.filter(|n| *n > 0)?;
+    let fit = (ceiling_millis / per_worker_millis.max(1)).max(1);
+    (u64::from(n) > fit).then(|| u32::try_from(fit).unwrap_or(u32::MAX))
+}
+
 /// Per-proxy memory of the controller between ticks.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct CpuState {
@@ -345,6 +357,17 @@ mod tests {
             out.push((quota, d));
         }
         out
+    }
+
+    #[test]
+    fn workers_that_the_ceiling_cannot_serve() {
+        // 8 workers at 50m each need 400m: a 200m limit serves 4.
+        assert_eq!(fitting_workers(Some(8), 200, 50), Some(4));
+        assert_eq!(fitting_workers(Some(4), 200, 50), None);
+        assert_eq!(fitting_workers(Some(2), 50, 50), Some(1));
+        assert_eq!(fitting_workers(Some(3), 20, 50), Some(1), "at least one");
+        assert_eq!(fitting_workers(None, 100, 50), None);
+        assert_eq!(fitting_workers(Some(0), 100, 50), None);
     }
 
     #[test]

@@ -6,7 +6,9 @@ pub(crate) mod cpu;
 pub(crate) mod memory;
 pub(crate) mod storm;
 
-pub(crate) use cpu::{CpuBounds, CpuDecision, CpuObservation, CpuState, decide_cpu, decide_wake};
+pub(crate) use cpu::{
+    CpuBounds, CpuDecision, CpuObservation, CpuState, decide_cpu, decide_wake, fitting_workers,
+};
 pub(crate) use memory::{
     MemoryAction, MemoryBounds, MemoryDecision, MemoryEventsDelta, MemoryObservation, MemoryState,
     decide_memory, wants_stat,

@@ -37,7 +37,8 @@ pub struct Proxy {
     /// The proxy process found (its comm) and its PID.
     pub process: String,
     pub pid: u32,
-    /// Envoy's `--concurrency N`, when given on its command line.
+    /// The proxy's worker threads: Envoy's `--concurrency N` from its command line, or
+    /// Linkerd's `LINKERD2_PROXY_CORES` from its environment.
     pub concurrency: Option<u32>,
     /// Per-pod settings from the pod's annotations (CRI only; defaults otherwise).
     pub control: PodControl,
@@ -119,6 +120,21 @@ pub fn concurrency_from_args<'a>(args: impl IntoIterator<Item = &'a str>) -> Opt
     None
 }
 
+/// The environment variable Linkerd's proxy takes its worker count from (set by the
+/// injector from the proxy's CPU limit or `config.linkerd.io/proxy-cpu-limit`).
+pub const LINKERD_CORES_VAR: &str = "LINKERD2_PROXY_CORES";
+
+/// Reads Linkerd's worker count from a process's `environ` (NUL-separated `KEY=VALUE`);
+/// nothing else of the environment is kept.
+pub fn cores_from_environ(raw: &[u8]) -> Option<u32> {
+    raw.split(|b| *b == 0).find_map(|entry| {
+        let value = entry
+            .strip_prefix(LINKERD_CORES_VAR.as_bytes())?
+            .strip_prefix(b"=")?;
+        std::str::from_utf8(value).ok()?.trim().parse().ok()
+    })
+}
+
 /// True when a `pilot-agent` argument vector runs a gateway or waypoint (`proxy router`,
 /// `proxy waypoint`), which are not sidecars.
 pub fn is_gateway_args<'a>(args: impl IntoIterator<Item = &'a str>) -> bool {
@@ -162,6 +178,15 @@ mod tests {
             assert_eq!(v[k], want, "{v}");
         }
         assert!(v.get("id").is_none(), "{v}");
+    }
+
+    #[test]
+    fn linkerd_cores_from_the_environment() {
+        let env = b"PATH=/bin\0LINKERD2_PROXY_CORES=2\0LINKERD2_PROXY_LOG=warn\0";
+        assert_eq!(cores_from_environ(env), Some(2));
+        assert_eq!(cores_from_environ(b"LINKERD2_PROXY_CORES_MIN=1\0"), None);
+        assert_eq!(cores_from_environ(b"LINKERD2_PROXY_CORES=x\0"), None);
+        assert_eq!(cores_from_environ(b""), None);
     }
 
     #[test]

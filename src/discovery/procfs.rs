@@ -12,7 +12,10 @@ use tracing::debug;
 use super::cgroup_path::{
     climb_depth, join_ns_path, parse_container_path, parse_proc_cgroup, resolve_proc_path,
 };
-use super::{Discovery, DiscoveryError, Proxy, Source, concurrency_from_args, is_gateway_args};
+use super::{
+    Discovery, DiscoveryError, Proxy, Source, concurrency_from_args, cores_from_environ,
+    is_gateway_args,
+};
 use crate::identity::Identity;
 use crate::policy::{MatchPolicy, PodControl};
 
@@ -196,7 +199,13 @@ impl ProcfsDiscovery {
             layout: path.layout,
             process: comm.to_string(),
             pid: pid.parse().unwrap_or_default(),
-            concurrency: concurrency_from_args(args.iter().map(String::as_str)),
+            concurrency: concurrency_from_args(args.iter().map(String::as_str)).or_else(|| {
+                // Linkerd's proxy takes its workers from its environment.
+                (comm == "linkerd2-proxy")
+                    .then(|| self.read(pid, "environ"))
+                    .flatten()
+                    .and_then(|raw| cores_from_environ(&raw))
+            }),
             control: PodControl::default(),
             control_errors: Vec::new(),
             started_at_ms: None,
