@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use tracing::{debug, info, warn};
@@ -252,24 +253,56 @@ pub fn set_memory_high(
     })
 }
 
+/// Whether the kernel's `memory.reclaim` takes `swappiness=0` (Linux 6.11+): unknown until
+/// the first reclaim, then known for the life of the process.
+static RECLAIM_SWAPPINESS: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const TAKES: u8 = 1;
+const REFUSES: u8 = 2;
+
+/// The text asking `memory.reclaim` for `bytes` of page cache only (anonymous memory is never
+/// swapped out for it), on kernels that take the `swappiness` key.
+pub fn reclaim_text(bytes: u64) -> String {
+    format!("{bytes} swappiness=0")
+}
+
 /// Asks the kernel to reclaim `bytes` from the cgroup once (`memory.reclaim`, Linux 5.19+),
-/// with a timeout. The kernel answers `EAGAIN` when it freed less than asked: that is not an
-/// error (there was less to reclaim).
+/// with a timeout: page cache only (`swappiness=0`) where the kernel takes it, else as the
+/// kernel chooses (without swap that is page cache too). The kernel answers `EAGAIN` when it
+/// freed less than asked: that is not an error (there was less to reclaim).
 pub fn reclaim_memory(dir: &Path, bytes: u64, timeout: Duration) -> Result<(), CgroupError> {
     let owned = dir.to_path_buf();
-    let text = bytes.to_string();
-    let value = text.clone();
+    let plain = bytes.to_string();
+    let errno = |e: &CgroupError| match e {
+        CgroupError::Write { source, .. } => source.raw_os_error(),
+        _ => None,
+    };
+    let less_freed = move |r: Result<(), CgroupError>| match r {
+        Err(e) if errno(&e) == Some(nix::errno::Errno::EAGAIN as i32) => Ok(()),
+        other => other,
+    };
     with_timeout(
         dir.join("memory.reclaim"),
-        text,
+        plain.clone(),
         timeout,
-        move || match write_once(&owned, "memory.reclaim", &value) {
-            Err(CgroupError::Write { source, .. })
-                if source.raw_os_error() == Some(nix::errno::Errno::EAGAIN as i32) =>
-            {
-                Ok(())
+        move || {
+            if RECLAIM_SWAPPINESS.load(Ordering::Relaxed) != REFUSES {
+                match less_freed(write_once(&owned, "memory.reclaim", &reclaim_text(bytes))) {
+                    Ok(()) => {
+                        RECLAIM_SWAPPINESS.store(TAKES, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    // An older kernel does not know the key: plain from now on.
+                    Err(e)
+                        if errno(&e) == Some(nix::errno::Errno::EINVAL as i32)
+                            && RECLAIM_SWAPPINESS.load(Ordering::Relaxed) == UNKNOWN =>
+                    {
+                        RECLAIM_SWAPPINESS.store(REFUSES, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            other => other,
+            less_freed(write_once(&owned, "memory.reclaim", &plain))
         },
     )
 }
@@ -578,6 +611,22 @@ mod tests {
                 .kind(),
             crate::metrics::ErrorKind::InvalidValue
         );
+    }
+
+    #[test]
+    fn reclaim_asks_for_page_cache_only() {
+        assert_eq!(reclaim_text(1 << 20), "1048576 swappiness=0");
+        // A file that takes the text (the kernel from 6.11 on) gets it in one write.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("memory.reclaim");
+        std::fs::write(&file, "").unwrap();
+        if RECLAIM_SWAPPINESS.load(Ordering::Relaxed) != REFUSES {
+            reclaim_memory(dir.path(), 1 << 20, Duration::from_secs(1)).unwrap();
+            assert_eq!(
+                std::fs::read_to_string(&file).unwrap(),
+                "1048576 swappiness=0"
+            );
+        }
     }
 
     #[test]
