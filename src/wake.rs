@@ -57,6 +57,10 @@ pub enum WakeError {
     },
     #[error("add {path} to the epoll set: {source}")]
     Epoll { path: PathBuf, source: Errno },
+    #[error(
+        "no descriptor left for {path}: the open-file budget (RLIMIT_NOFILE less 256) is spent"
+    )]
+    NoDescriptor { path: PathBuf },
 }
 
 fn hint(e: &std::io::Error) -> &'static str {
@@ -78,6 +82,12 @@ struct Armed {
     token: u64,
     /// Holds the trigger; closing it removes the trigger (and the epoll entry).
     _file: File,
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        crate::cgroup::release_descriptor();
+    }
 }
 
 /// The PSI triggers of the governed proxies and the thread that waits on them.
@@ -143,6 +153,25 @@ impl StallWatch {
             return Ok(());
         }
         let path = dir.join("cpu.pressure");
+        // The trigger's descriptor counts in the same budget as the held cgroup files.
+        if !crate::cgroup::reserve_descriptor() {
+            return Err(WakeError::NoDescriptor { path });
+        }
+        let (file, token) = match self.open_trigger(path) {
+            Ok(v) => v,
+            Err(e) => {
+                crate::cgroup::release_descriptor();
+                return Err(e);
+            }
+        };
+        self.keys.insert(token, key.to_string());
+        self.armed
+            .insert(key.to_string(), Armed { token, _file: file });
+        Ok(())
+    }
+
+    /// Opens `path`, writes the trigger and adds it to the epoll set.
+    fn open_trigger(&mut self, path: PathBuf) -> Result<(File, u64), WakeError> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -184,10 +213,7 @@ impl StallWatch {
             .add(&file, EpollEvent::new(EpollFlags::EPOLLPRI, token))
             .map_err(|source| WakeError::Epoll { path, source })?;
         self.next += 1;
-        self.keys.insert(token, key.to_string());
-        self.armed
-            .insert(key.to_string(), Armed { token, _file: file });
-        Ok(())
+        Ok((file, token))
     }
 
     /// Stops watching `key` (its descriptor is closed, which removes the trigger).

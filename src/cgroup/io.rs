@@ -115,6 +115,21 @@ pub fn set_held_budget(max: usize) {
     HELD_BUDGET.store(max, Ordering::Relaxed);
 }
 
+/// Takes one descriptor from the budget for something held open outside a [`CgroupFile`]
+/// (a PSI trigger); false when the budget is spent. Give it back with [`release_descriptor`].
+pub fn reserve_descriptor() -> bool {
+    let held = HELD.fetch_add(1, Ordering::Relaxed) < HELD_BUDGET.load(Ordering::Relaxed);
+    if !held {
+        HELD.fetch_sub(1, Ordering::Relaxed);
+    }
+    held
+}
+
+/// Gives back a descriptor taken with [`reserve_descriptor`].
+pub fn release_descriptor() {
+    HELD.fetch_sub(1, Ordering::Relaxed);
+}
+
 /// Descriptors held open now.
 pub fn held_descriptors() -> usize {
     HELD.load(Ordering::Relaxed)

@@ -6,7 +6,7 @@ pub mod io;
 pub mod parse;
 
 pub use io::{
-    CgroupError, CgroupFile, held_descriptors, read_value, set_held_budget, write_once,
-    write_verified,
+    CgroupError, CgroupFile, held_descriptors, read_value, release_descriptor, reserve_descriptor,
+    set_held_budget, write_once, write_verified,
 };
 pub use parse::{CpuMax, CpuStat, MemoryEvents, MemoryStat, ParseError, Pressure};
