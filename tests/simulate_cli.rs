@@ -118,3 +118,17 @@ fn bad_arguments_are_refused() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("read trace examples/traces/missing.csv"));
 }
+
+#[test]
+fn every_example_policy_is_valid() {
+    let dir = root().join("examples/policies");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        sidecar_governor::policy::Policy::from_yaml(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        seen += 1;
+    }
+    assert!(seen >= 2, "tight.yaml and latency.yaml at least");
+}
