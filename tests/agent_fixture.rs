@@ -84,11 +84,7 @@ fn idle_and_hot_proxies_side_by_side() {
 
 #[test]
 fn a_proxy_that_turns_hot_regains_quota_within_three_ticks() {
-    let mut node = Node::new();
-    let mut envoy = proxy(&mut node, 1, 1);
-    let mut h = Harness::new(&node, policy(), false);
-    run(&mut h, &mut [&mut envoy], 45, |_, _| 2);
-    assert_eq!(envoy.quota_millis(), Some(100));
+    let (_node, mut envoy, mut h) = idle_at_the_floor(policy(), false);
     run(&mut h, &mut [&mut envoy], 3, |_, _| 1000);
     assert!(envoy.quota_millis().unwrap() >= 1000, "{}", envoy.cpu_max());
     assert!(
@@ -572,15 +568,23 @@ fn inside_a_cgroup_namespace_paths_are_resolved_from_its_root() {
     );
 }
 
+/// One proxy idle for 45 s under `policy`: at its 100m floor (planned, in a dry run).
+fn idle_at_the_floor(policy: Policy, dry_run: bool) -> (Node, common::Container, Harness) {
+    let mut node = Node::new();
+    let mut envoy = proxy(&mut node, 1, 1);
+    let mut h = Harness::new(&node, policy, dry_run);
+    run(&mut h, &mut [&mut envoy], 45, |_, _| 2);
+    if !dry_run {
+        assert_eq!(envoy.quota_millis(), Some(100));
+    }
+    (node, envoy, h)
+}
+
 /// The wake-up path (a proxy's stall trigger fired) on a fixture tree: the trigger itself is
 /// the kernel's and is proven in the VM (`wake-stall`); here, what a wake-up does.
 #[test]
 fn a_woken_proxy_grows_between_ticks_and_is_journaled() {
-    let mut node = Node::new();
-    let mut envoy = proxy(&mut node, 1, 1);
-    let mut h = Harness::new(&node, policy(), false);
-    run(&mut h, &mut [&mut envoy], 45, |_, _| 2);
-    assert_eq!(envoy.quota_millis(), Some(100));
+    let (node, mut envoy, mut h) = idle_at_the_floor(policy(), false);
     let ms = std::time::Duration::from_millis;
     // 300 ms after the tick: three quiet periods, then one throttled at the floor. The span
     // cannot tell a blip from load: one step, and a second look.
@@ -629,12 +633,10 @@ fn a_woken_proxy_grows_between_ticks_and_is_journaled() {
 #[test]
 fn wake_ups_write_nothing_in_dry_run_or_when_off() {
     for (dry_run, yaml) in [(true, ""), (false, "  wakeOnStall:\n    enabled: false\n")] {
-        let mut node = Node::new();
-        let mut envoy = proxy(&mut node, 1, 1);
         let text =
             format!("interval: 1s\ncpu:\n  min: 100m\n  max: \"2\"\n  scaleDownAfter: 3s\n{yaml}");
-        let mut h = Harness::new(&node, Policy::from_yaml(&text).unwrap(), dry_run);
-        run(&mut h, &mut [&mut envoy], 45, |_, _| 2);
+        let (_node, mut envoy, mut h) =
+            idle_at_the_floor(Policy::from_yaml(&text).unwrap(), dry_run);
         let before = envoy.cpu_max();
         envoy.run_periods(1, 10_000, 1, 90_000);
         h.agent.wake_proxy(
