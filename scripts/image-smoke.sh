@@ -164,7 +164,11 @@ kubelet_update 2 "$(printf 'interval: 500ms\ncpu:\n  min: 250m\n  scaleDownAfter
 check "ConfigMap swap applied live (floor 250m)" wait_until 20 grep -qx "25000 100000" "$dir/cpu.max"
 check "reload counted" bash -c "metrics | grep -x 'sidecar_governor_config_reloads_total{result=\"success\"} 1'"
 C task kill -s SIGTERM sg-agent
-check "SIGTERM: clean stop" bash -c "for i in \$(seq 50); do s=\$(ctr --address '$tmp/containerd.sock' -n sg-smoke task ls | awk '\$1==\"sg-agent\"{print \$3}'); [ \"\$s\" = STOPPED ] && break; sleep 0.2; done; [ \"\$s\" = STOPPED ] && grep -q '\"restored originals on exit\"' '$tmp/agent.log' && grep -q '\"message\":\"stopped\"' '$tmp/agent.log' && echo stopped"
+# Clean stop: the task stopped, its exit code is 0 (`ctr task delete` exits with the task's
+# code; the agent exits non-zero when a restore or the journal failed) and it logged the
+# restore. Its last log line ("stopped") is not required: containerd 1.6's log copier can lose
+# the final line of a task that exits (seen: "error copying stderr").
+check "SIGTERM: clean stop (exit code 0, originals restored)" bash -c "for i in \$(seq 50); do s=\$(ctr --address '$tmp/containerd.sock' -n sg-smoke task ls | awk '\$1==\"sg-agent\"{print \$3}'); [ \"\$s\" = STOPPED ] && break; sleep 0.2; done; [ \"\$s\" = STOPPED ] && ctr --address '$tmp/containerd.sock' -n sg-smoke task delete sg-agent && grep -q '\"restored originals on exit\"' '$tmp/agent.log' && echo stopped"
 check "original cpu.max restored" grep -x "200000 100000" "$dir/cpu.max"
 
 if [ "$failed" -gt 0 ]; then
