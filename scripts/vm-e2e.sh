@@ -38,7 +38,7 @@ while (($#)); do
 	shift
 done
 # The default list is every scenario but `cluster` (a real Kubernetes node, ~15-25 minutes
-# under TCG) and `latency` (the benchmark of issue 11, ~15 minutes with its default knobs),
+# under TCG) and `latency` (the benchmark of issue 11, ~17 minutes with its default knobs),
 # which run when named: scripts/vm-e2e.sh cluster.
 if ((${#scenarios[@]} == 0)); then
 	for f in "$SG_VM_DIR"/scenarios/*.sh; do
