@@ -16,8 +16,11 @@
 //! LOAD exits. One line per burst:
 //!
 //! ```text
-//! PROBE burst=3 load_to_throttle_ms=41 throttle_to_raise_ms=1012 load_to_raise_ms=1053 raised_to=20000 polls=350
+//! PROBE burst=3 load_to_throttle_ms=41 throttle_to_raise_ms=1012 load_to_raise_ms=1053 raised=yes raised_to=20000 polls=350 poll_avg_ms=3.0
 //! ```
+//!
+//! (`poll_avg_ms`: the interval the polls really had, sleep and reads included: the timing's
+//! resolution.)
 //!
 //! `throttle_to_raise_ms` is the reaction: from the first poll that saw `nr_throttled` move while
 //! the quota was at the floor (the kernel counts a throttled period when the period timer
@@ -27,7 +30,7 @@
 //! raise LOAD is left to finish (it has its own duration) before the next burst. Last, a summary over the raised bursts (nearest-rank percentiles):
 //!
 //! ```text
-//! PROBE-SUMMARY bursts=50 raised=50 misses=0 unthrottled=0 p50_ms=1010 p99_ms=1990 max_ms=2003 load_p50_ms=1060
+//! PROBE-SUMMARY bursts=50 raised=50 misses=0 unthrottled=0 p50_ms=1010 p99_ms=1990 max_ms=2003 load_p50_ms=1060 load_p99_ms=2050 poll_avg_ms=3.1
 //! ```
 //!
 //! Exit status 0 when every burst started from the floor (misses are reported, not an error),
@@ -92,6 +95,14 @@ fn percentile(sorted: &[u64], p: u64) -> Option<u64> {
 
 fn fmt_opt(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// The mean interval of `polls` polls over `polled`, in milliseconds with one decimal.
+fn poll_avg(polled: Duration, polls: u64) -> String {
+    if polls == 0 {
+        return "-".to_string();
+    }
+    format!("{:.1}", polled.as_secs_f64() * 1000.0 / polls as f64)
 }
 
 fn ms_since(t0: Instant, t: Instant) -> u64 {
@@ -200,6 +211,8 @@ struct Burst {
     load_to_raise_ms: Option<u64>,
     raised_to: Option<u64>,
     polls: u64,
+    /// How long the polling ran (load start to the raise or the load's end).
+    polled: Duration,
 }
 
 fn spawn_load(load: &[String]) -> Result<Child, String> {
@@ -230,6 +243,7 @@ fn one_burst(dir: &str, floor: u64, poll: Duration, load: &[String]) -> Result<B
             b.load_to_throttle_ms = Some(ms_since(t_load, now));
         }
         last_n = n;
+        b.polled = now.duration_since(t_load);
         if quota.is_none_or(|q| q > floor) {
             b.load_to_raise_ms = Some(ms_since(t_load, now));
             b.throttle_to_raise_ms = t_throttle.map(|t| ms_since(t, now));
@@ -257,6 +271,7 @@ fn reaction(f: &Flags) -> Result<bool, String> {
     let mut load_reactions = Vec::new();
     let (mut misses, mut unthrottled, mut done) = (0u64, 0u64, 0u64);
     let mut settled = true;
+    let (mut polls, mut polled) = (0u64, Duration::ZERO);
     let mut rng = Rng::from_clock();
     for i in 1..=f.bursts {
         if !wait_at_floor(
@@ -277,6 +292,8 @@ fn reaction(f: &Flags) -> Result<bool, String> {
         }
         let b = one_burst(dir, floor, poll, &f.load)?;
         done += 1;
+        polls += b.polls;
+        polled += b.polled;
         match (b.load_to_raise_ms, b.throttle_to_raise_ms) {
             (None, _) => misses += 1,
             (Some(l), None) => {
@@ -289,7 +306,7 @@ fn reaction(f: &Flags) -> Result<bool, String> {
             }
         }
         println!(
-            "PROBE burst={i} load_to_throttle_ms={} throttle_to_raise_ms={} load_to_raise_ms={} raised={} raised_to={} polls={}",
+            "PROBE burst={i} load_to_throttle_ms={} throttle_to_raise_ms={} load_to_raise_ms={} raised={} raised_to={} polls={} poll_avg_ms={}",
             fmt_opt(b.load_to_throttle_ms),
             fmt_opt(b.throttle_to_raise_ms),
             fmt_opt(b.load_to_raise_ms),
@@ -299,19 +316,21 @@ fn reaction(f: &Flags) -> Result<bool, String> {
                 "no"
             },
             fmt_opt(b.raised_to),
-            b.polls
+            b.polls,
+            poll_avg(b.polled, b.polls),
         );
     }
     reactions.sort_unstable();
     load_reactions.sort_unstable();
     println!(
-        "PROBE-SUMMARY bursts={done} raised={} misses={misses} unthrottled={unthrottled} p50_ms={} p99_ms={} max_ms={} load_p50_ms={} load_p99_ms={}",
+        "PROBE-SUMMARY bursts={done} raised={} misses={misses} unthrottled={unthrottled} p50_ms={} p99_ms={} max_ms={} load_p50_ms={} load_p99_ms={} poll_avg_ms={}",
         reactions.len(),
         fmt_opt(percentile(&reactions, 50)),
         fmt_opt(percentile(&reactions, 99)),
         fmt_opt(reactions.last().copied()),
         fmt_opt(percentile(&load_reactions, 50)),
         fmt_opt(percentile(&load_reactions, 99)),
+        poll_avg(polled, polls),
     );
     Ok(settled)
 }
@@ -404,6 +423,12 @@ mod tests {
         assert_eq!(percentile(&[7], 99), Some(7));
         assert_eq!(percentile(&[1, 2, 3], 50), Some(2));
         assert_eq!(percentile(&[], 50), None);
+    }
+
+    #[test]
+    fn poll_average() {
+        assert_eq!(poll_avg(Duration::from_millis(300), 100), "3.0");
+        assert_eq!(poll_avg(Duration::ZERO, 0), "-");
     }
 
     #[test]

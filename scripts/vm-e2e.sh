@@ -74,10 +74,13 @@ for v in $(compgen -v SG_LATENCY_ || true); do
 	latency_args+=("sg.latency_${n,,}=${!v}")
 done
 lat_s() { local v=${1%s}; [[ $v =~ ^[0-9]+$ ]] || sg_host_die "$2=$1: whole seconds"; echo "$v"; }
-latency_estimate=$((
-	3 * ${SG_LATENCY_BURSTS:-3} * ($(lat_s "${SG_LATENCY_IDLE:-40}" SG_LATENCY_IDLE) + $(lat_s "${SG_LATENCY_BURST:-10}" SG_LATENCY_BURST) + 5) +
-	${SG_LATENCY_REACTION_BURSTS:-50} * ($(lat_s "${SG_LATENCY_REACTION_LOAD:-3}" SG_LATENCY_REACTION_LOAD) + $(lat_s "${SG_LATENCY_REACTION_SETTLE:-2}" SG_LATENCY_REACTION_SETTLE) + 6) + 120))
-latency_timeout=${SG_VM_LATENCY_TIMEOUT:-$((2 * latency_estimate + 300))}
+# latency_limit: the latency scenario's limit in the VM (seconds).
+latency_limit() {
+	local est
+	est=$((3 * $(lat_s "${SG_LATENCY_BURSTS:-3}" SG_LATENCY_BURSTS) * ($(lat_s "${SG_LATENCY_IDLE:-40}" SG_LATENCY_IDLE) + $(lat_s "${SG_LATENCY_BURST:-10}" SG_LATENCY_BURST) + 5) +
+		$(lat_s "${SG_LATENCY_REACTION_BURSTS:-50}" SG_LATENCY_REACTION_BURSTS) * ($(lat_s "${SG_LATENCY_REACTION_LOAD:-3}" SG_LATENCY_REACTION_LOAD) + $(lat_s "${SG_LATENCY_REACTION_SETTLE:-2}" SG_LATENCY_REACTION_SETTLE) + 6) + 120))
+	echo "${SG_VM_LATENCY_TIMEOUT:-$((2 * est + 300))}"
+}
 # group SCENARIO: the boot it runs in (cri, cri-image, cluster, latency or the plain one, "").
 group() {
 	case $1 in
@@ -143,6 +146,7 @@ if ((latency_wanted)); then
 	. "$here/vm/latency-host.sh"
 	sg_latency_host_fetch
 	sg_latency_host_build
+	latency_timeout=$(latency_limit)
 	latency_initrd=$SG_VM_CACHE/initramfs-latency.cpio.gz
 	SG_VM_EXTRA=sg_latency_host_extra sg_host_initramfs "$latency_initrd"
 	sg_host_log "initramfs (latency): $latency_initrd ($(du -h "$latency_initrd" | cut -f1)); limit ${latency_timeout}s"

@@ -206,17 +206,25 @@ cpu:
   stepDown: $R_STEP_DOWN
 EOF
 sg_log "reaction: $R_BURSTS bursts of ${R_LOAD}s from the floor ($FLOOR_QUOTA), scaleDownAfter $R_SCALE_DOWN, stepDown $R_STEP_DOWN"
+# The probe runs in a cgroup of its own with the highest cpu.weight, so that its 3 ms polls are
+# not queued behind wrk's threads (which it starts in the client cgroup); poll_avg_ms says what
+# interval they really had.
+PROBE_CG=$(sg_mkcg sg-probe)
+echo 10000 >"$PROBE_CG/cpu.weight"
 probe_rc=0
-client /usr/local/bin/throttle_probe reaction --cgroup "$PROXY" --floor "$FLOOR_QUOTA" \
+# shellcheck disable=SC2016
+sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$PROBE_CG" \
+	/usr/local/bin/throttle_probe reaction --cgroup "$PROXY" --floor "$FLOOR_QUOTA" \
 	--bursts "$R_BURSTS" --poll-ms 3 --settle-ms $((R_SETTLE * 1000)) --jitter-ms 1000 --floor-wait-ms 120000 \
-	-- wrk -t 2 -c "$CONNS" -d "${R_LOAD}s" --timeout 10s "$URL" >"$SG_RUN/probe.out" 2>&1 || probe_rc=$?
+	-- sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$CLIENT" \
+	wrk -t 2 -c "$CONNS" -d "${R_LOAD}s" --timeout 10s "$URL" >"$SG_RUN/probe.out" 2>&1 || probe_rc=$?
 sed 's/^/  /' "$SG_RUN/probe.out"
 sum=$(grep '^PROBE-SUMMARY' "$SG_RUN/probe.out" | tail -n 1)
 field() { echo "$sum" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 R_N=$(field raised)
 R_P50=$(field p50_ms)
 R_P99=$(field p99_ms)
-echo "REACTION n=${R_N:--} p50_ms=${R_P50:--} p99_ms=${R_P99:--} max_ms=$(field max_ms) bursts=$(field bursts)/$R_BURSTS misses=$(field misses) unthrottled=$(field unthrottled) load_to_raise_p50_ms=$(field load_p50_ms)"
+echo "REACTION n=${R_N:--} p50_ms=${R_P50:--} p99_ms=${R_P99:--} max_ms=$(field max_ms) bursts=$(field bursts)/$R_BURSTS misses=$(field misses) unthrottled=$(field unthrottled) load_to_raise_p50_ms=$(field load_p50_ms) poll_avg_ms=$(field poll_avg_ms)"
 sg_expect "reaction probe exit (0: every burst started from the floor)" "$probe_rc" 0
 sg_expect "reaction bursts measured" "$(field bursts)" "$R_BURSTS"
 sg_expect "reaction bursts whose load ended before the quota was raised" "$(field misses)" 0
