@@ -9,14 +9,19 @@
 //! stand_in_proxy [--mode idle|spin] [--threads N] [--control FILE] [--concurrency N]
 //!                [--alloc-mib N] [--grow-to-mib M --grow-step-mib S]
 //!                [--grow-when FILE] [--page-cache-mib N] [--page-cache-dir DIR]
+//!                [--http ADDR]
 //! ```
 //!
 //! The control file is re-read every 200 ms; `idle`, `spin` or `spin N` switch the mode.
 //! With `--grow-when FILE` the memory growth waits until FILE exists; each step prints
 //! `stand-in: grown to N MiB at T s` (T counted from the start of the growth).
+//! With `--http ADDR` (e.g. `127.0.0.1:8081`) it also serves HTTP/1.1 there: every request gets
+//! `200 ok` (keep-alive, a thread per connection), as the cheap app behind the latency
+//! benchmark's proxy.
 
 use std::hint::black_box;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,11 +42,12 @@ struct Options {
     grow_when: Option<String>,
     page_cache_mib: usize,
     page_cache_dir: String,
+    http: Option<String>,
 }
 
 const USAGE: &str = "usage: stand_in_proxy [--mode idle|spin] [--threads N] [--control FILE] \
 [--concurrency N] [--alloc-mib N] [--grow-to-mib M --grow-step-mib S] [--grow-when FILE] \
-[--page-cache-mib N] [--page-cache-dir DIR]";
+[--page-cache-mib N] [--page-cache-dir DIR] [--http ADDR]";
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut mode = String::from("idle");
@@ -55,6 +61,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         grow_when: None,
         page_cache_mib: 0,
         page_cache_dir: String::from("/tmp"),
+        http: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -90,6 +97,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--grow-when" => opts.grow_when = Some(value.clone()),
             "--page-cache-mib" => opts.page_cache_mib = number()?,
             "--page-cache-dir" => opts.page_cache_dir = value.clone(),
+            "--http" => opts.http = Some(value.clone()),
             _ => return Err(format!("unknown flag {name}\n{USAGE}")),
         }
     }
@@ -208,6 +216,71 @@ fn fill_page_cache(dir: &str, mib: usize) -> std::io::Result<String> {
     Ok(path)
 }
 
+/// Serve `200 ok` to every HTTP/1.x request on `addr`, a thread per connection, keeping the
+/// connection open unless the client asks to close it (or speaks HTTP/1.0 without keep-alive).
+fn serve_http(listener: TcpListener) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        thread::spawn(move || {
+            let _ = http_connection(stream);
+        });
+    }
+}
+
+fn http_connection(stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut out = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let request = line.trim_end().to_string();
+        if request.is_empty() {
+            continue;
+        }
+        let mut close = request.ends_with("HTTP/1.0");
+        let mut body_len = 0usize;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let Some((name, value)) = header.split_once(':') else {
+                continue;
+            };
+            let value = value.trim().to_ascii_lowercase();
+            match name.trim().to_ascii_lowercase().as_str() {
+                "connection" if value == "close" => close = true,
+                "connection" if value == "keep-alive" => close = false,
+                "content-length" => body_len = value.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        if body_len > 0 {
+            std::io::copy(
+                &mut (&mut reader).take(body_len as u64),
+                &mut std::io::sink(),
+            )?;
+        }
+        let connection = if close { "close" } else { "keep-alive" };
+        // One write: one segment for the whole response.
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: {connection}\r\n\r\nok\n"
+        );
+        out.write_all(response.as_bytes())?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = match parse_args(&args) {
@@ -240,6 +313,19 @@ fn main() -> ExitCode {
         );
         let start_file = opts.grow_when.clone();
         thread::spawn(move || hold_memory(from, to, step, start_file));
+    }
+
+    if let Some(addr) = &opts.http {
+        match TcpListener::bind(addr) {
+            Ok(listener) => {
+                println!("stand-in: serving HTTP on {addr}");
+                thread::spawn(move || serve_http(listener));
+            }
+            Err(e) => {
+                eprintln!("stand-in: --http {addr}: {e}");
+                return ExitCode::from(1);
+            }
+        }
     }
 
     let wanted = Arc::new(AtomicUsize::new(0));

@@ -3,7 +3,7 @@
 # the release agent and the stand-in proxy, and run scenarios from scripts/vm/scenarios/ that
 # assert from the kernel's own cgroup files.
 #
-#   scripts/vm-e2e.sh [--separate] [--verbose] [SCENARIO...]   (default: every scenario but cluster)
+#   scripts/vm-e2e.sh [--separate] [--verbose] [SCENARIO...]   (default: all but cluster, latency)
 #   scripts/vm-e2e.sh --list
 #
 # All named scenarios run one after another in one boot (teardown between them); --separate
@@ -38,10 +38,14 @@ while (($#)); do
 	shift
 done
 # The default list is every scenario but `cluster` (a real Kubernetes node, ~15-25 minutes
-# under TCG), which runs when named: scripts/vm-e2e.sh cluster.
+# under TCG) and `latency` (the benchmark of issue 11, ~17 minutes with its default knobs),
+# which run when named: scripts/vm-e2e.sh cluster.
 if ((${#scenarios[@]} == 0)); then
 	for f in "$SG_VM_DIR"/scenarios/*.sh; do
-		[[ $(basename "$f" .sh) == cluster ]] || scenarios+=("$(basename "$f" .sh)")
+		case $(basename "$f" .sh) in
+		cluster | latency) ;;
+		*) scenarios+=("$(basename "$f" .sh)") ;;
+		esac
 	done
 fi
 for s in "${scenarios[@]}"; do
@@ -59,22 +63,42 @@ cri_timeout=${SG_VM_CRI_TIMEOUT:-480}
 # `cluster` (a real Kubernetes node: scripts/vm/cluster-host.sh) boots on its own too, with
 # 6 GiB and its own limit.
 cluster_timeout=${SG_VM_CLUSTER_TIMEOUT:-2700}
-# group SCENARIO: the boot it runs in (cri, cri-image, cluster or the plain one, "").
+# `latency` (Debian's haproxy and wrk: scripts/vm/latency-host.sh) boots on its own too. Its
+# knobs are the SG_LATENCY_* variables (scripts/vm/README.md), given to the VM as
+# sg.latency_<name>=VALUE; its limit is twice what they add up to, plus 5 minutes, unless
+# SG_VM_LATENCY_TIMEOUT says otherwise.
+latency_args=()
+for v in $(compgen -v SG_LATENCY_ || true); do
+	[[ ${!v} =~ ^[0-9a-z.]+$ ]] || sg_host_die "$v=${!v}: a number or a duration (10s) only"
+	n=${v#SG_LATENCY_}
+	latency_args+=("sg.latency_${n,,}=${!v}")
+done
+lat_s() { local v=${1%s}; [[ $v =~ ^[0-9]+$ ]] || sg_host_die "$2=$1: whole seconds"; echo "$v"; }
+# latency_limit: the latency scenario's limit in the VM (seconds).
+latency_limit() {
+	local est
+	est=$((3 * $(lat_s "${SG_LATENCY_BURSTS:-3}" SG_LATENCY_BURSTS) * ($(lat_s "${SG_LATENCY_IDLE:-40}" SG_LATENCY_IDLE) + $(lat_s "${SG_LATENCY_BURST:-10}" SG_LATENCY_BURST) + 5) +
+		$(lat_s "${SG_LATENCY_REACTION_BURSTS:-50}" SG_LATENCY_REACTION_BURSTS) * ($(lat_s "${SG_LATENCY_REACTION_LOAD:-3}" SG_LATENCY_REACTION_LOAD) + $(lat_s "${SG_LATENCY_REACTION_SETTLE:-2}" SG_LATENCY_REACTION_SETTLE) + 6) + 120))
+	echo "${SG_VM_LATENCY_TIMEOUT:-$((2 * est + 300))}"
+}
+# group SCENARIO: the boot it runs in (cri, cri-image, cluster, latency or the plain one, "").
 group() {
 	case $1 in
-	cri-image | cluster) echo "$1" ;;
+	cri-image | cluster | latency) echo "$1" ;;
 	*) if grep -q '^# sg-vm-group: cri$' "$SG_VM_DIR/scenarios/$1.sh"; then echo cri; fi ;;
 	esac
 }
 cri_list=()
 cri_image_wanted=0
 cluster_wanted=0
+latency_wanted=0
 others=()
 for s in "${scenarios[@]}"; do
 	case $(group "$s") in
 	cri) cri_list+=("$s") ;;
 	cri-image) cri_image_wanted=1 ;;
 	cluster) cluster_wanted=1 ;;
+	latency) latency_wanted=1 ;;
 	*) others+=("$s") ;;
 	esac
 done
@@ -117,6 +141,17 @@ if ((cluster_wanted)); then
 	sg_host_log "initramfs (cluster): $cluster_initrd ($(du -h "$cluster_initrd" | cut -f1), $((SECONDS - t_build))s)"
 fi
 
+if ((latency_wanted)); then
+	# shellcheck source=scripts/vm/latency-host.sh
+	. "$here/vm/latency-host.sh"
+	sg_latency_host_fetch
+	sg_latency_host_build
+	latency_timeout=$(latency_limit)
+	latency_initrd=$SG_VM_CACHE/initramfs-latency.cpio.gz
+	SG_VM_EXTRA=sg_latency_host_extra sg_host_initramfs "$latency_initrd"
+	sg_host_log "initramfs (latency): $latency_initrd ($(du -h "$latency_initrd" | cut -f1)); limit ${latency_timeout}s"
+fi
+
 stamp=$(date +%Y%m%d-%H%M%S)
 logs=()
 # boot GROUP LIST N: one boot of the group's initramfs running the N scenarios of LIST (a,b).
@@ -130,6 +165,7 @@ boot() {
 		# A debugging run may leave phases out (it then fails, naming them): SG_CLUSTER_SKIP=a,b.
 		if [[ -n ${SG_CLUSTER_SKIP:-} ]]; then extra+=("sg.cluster_skip=$SG_CLUSTER_SKIP"); fi
 		;;
+	latency) rd=$latency_initrd limit=$latency_timeout extra=("${latency_args[@]}") ;;
 	esac
 	log=$SG_VM_CACHE/logs/$stamp-${list//,/+}.log
 	if ((${#log} > 200)); then log=$SG_VM_CACHE/logs/$stamp-all.log; fi
@@ -158,6 +194,7 @@ else
 	fi
 	if ((cri_image_wanted)); then boot cri-image cri-image 1; fi
 	if ((cluster_wanted)); then boot cluster cluster 1; fi
+	if ((latency_wanted)); then boot latency latency 1; fi
 fi
 elapsed=$((SECONDS - t0))
 
