@@ -18,6 +18,7 @@
 #
 # Knobs (kernel command line sg.latency_NAME=VALUE, from the host's SG_LATENCY_NAME):
 #   idle (40, seconds), burst (10), bursts (3 a regime), connections (16), scale_down (10s),
+#   step_down (0.1, the governed regime's cpu.stepDown),
 #   reaction_bursts (50), reaction_load (3, seconds of load a burst), reaction_settle (2,
 #   seconds at the floor before each), reaction_scale_down (1s), reaction_step_down (0.9).
 set -eu
@@ -43,12 +44,13 @@ BURST=$(secs_knob burst 10)
 BURSTS=$(secs_knob bursts 3)
 CONNS=$(secs_knob connections 16)
 SCALE_DOWN=$(knob scale_down 10s)
+STEP_DOWN=$(knob step_down 0.1)
 R_BURSTS=$(secs_knob reaction_bursts 50)
 R_LOAD=$(secs_knob reaction_load 3)
 R_SETTLE=$(secs_knob reaction_settle 2)
 R_SCALE_DOWN=$(knob reaction_scale_down 1s)
 R_STEP_DOWN=$(knob reaction_step_down 0.9)
-sg_log "knobs: idle=${IDLE}s burst=${BURST}s bursts=$BURSTS connections=$CONNS scaleDownAfter=$SCALE_DOWN reaction: bursts=$R_BURSTS load=${R_LOAD}s settle=${R_SETTLE}s scaleDownAfter=$R_SCALE_DOWN stepDown=$R_STEP_DOWN"
+sg_log "knobs: idle=${IDLE}s burst=${BURST}s bursts=$BURSTS connections=$CONNS scaleDownAfter=$SCALE_DOWN stepDown=$STEP_DOWN reaction: bursts=$R_BURSTS load=${R_LOAD}s settle=${R_SETTLE}s scaleDownAfter=$R_SCALE_DOWN stepDown=$R_STEP_DOWN"
 
 ORIGINAL="200000 100000" # 2 cores, the governed regime's original limit
 STATIC="20000 100000"    # 200m
@@ -183,6 +185,7 @@ cpu:
   min: 100m
   max: "2"
   scaleDownAfter: $SCALE_DOWN
+  stepDown: $STEP_DOWN
 EOF
 sg_agent_start
 sg_trace_start
