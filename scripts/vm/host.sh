@@ -82,7 +82,7 @@ sg_host_apt_suite() {
 		-o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
 		-o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
 		-o "Acquire::IndexTargets::deb::DEP-11-icons-hidpi::DefaultEnabled=false")
-	if ! compgen -G "$a/state/lists/*_${suite}_InRelease" >/dev/null; then
+	if [[ ${SG_HOST_APT_REFRESH:-} == 1 ]] || ! compgen -G "$a/state/lists/*_${suite}_InRelease" >/dev/null; then
 		sg_host_log "apt-get update for $suite (private state in $a)"
 		apt-get "${opts[@]}" update -qq >&2 || sg_host_die "apt-get update for $suite failed (deb.debian.org reachable?)"
 	fi
@@ -93,7 +93,8 @@ sg_host_apt_suite() {
 sg_host_kernel_pkg() {
 	local pkg
 	if [[ $(sg_host_kernel_suite) != bookworm ]]; then
-		pkg=$(sg_host_apt_suite apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
+		# Only reached when no kernel of the suite is cached: fresh lists name what the mirror has.
+		pkg=$(SG_HOST_APT_REFRESH=1 sg_host_apt_suite apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
 		[[ -n $pkg ]] || sg_host_die "cannot resolve linux-image-amd64 in $(sg_host_kernel_suite)"
 		echo "$pkg"
 		return
@@ -121,7 +122,11 @@ sg_host_kernel_deb() {
 		mkdir -p "$tmp"
 		chmod 0777 "$tmp" # apt's _apt sandbox user writes there
 		sg_host_log "downloading $pkg ($(sg_host_kernel_suite), apt-get download)"
-		(cd "$tmp" && sg_host_apt_suite apt-get download -q "$pkg" >&2) || sg_host_die "apt-get download $pkg failed"
+		if ! (cd "$tmp" && sg_host_apt_suite apt-get download -q "$pkg" >&2); then
+			# Lists from an earlier run may name a version the mirror has since dropped.
+			(cd "$tmp" && SG_HOST_APT_REFRESH=1 sg_host_apt_suite apt-get download -q "$pkg" >&2) ||
+				sg_host_die "apt-get download $pkg failed"
+		fi
 		deb=$(find "$tmp" -maxdepth 1 -name "${pkg}_*.deb" | head -n 1)
 		[[ -n $deb ]] || sg_host_die "apt-get download $pkg gave no .deb"
 		mv "$deb" "$kdir/"
@@ -161,7 +166,9 @@ sg_host_kernel() {
 		dpkg-deb --fsys-tarfile "$tmp"/"$pkg"_*.deb | tar -x -C "$kdir/$pkg" ./boot
 		rm -rf "$tmp"
 	else
-		dpkg-deb --fsys-tarfile "$(sg_host_kernel_deb "$pkg")" | tar -x -C "$kdir/$pkg" ./boot
+		local deb
+		deb=$(sg_host_kernel_deb "$pkg")
+		dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$kdir/$pkg" ./boot
 	fi
 	SG_KERNEL=$(find "$kdir/$pkg" -path '*/boot/vmlinuz-*' -type f | head -n 1)
 	[[ -n $SG_KERNEL ]] || sg_host_die "no vmlinuz in $pkg"
