@@ -3,19 +3,22 @@
 # the release agent and the stand-in proxy, and run scenarios from scripts/vm/scenarios/ that
 # assert from the kernel's own cgroup files.
 #
-#   scripts/vm-e2e.sh [--separate] [--verbose] [SCENARIO...]   (default: all but cluster, latency)
+#   scripts/vm-e2e.sh [--separate] [--verbose] [--kernel SUITE] [SCENARIO...]
+#                                          (default: all but cluster, latency)
 #   scripts/vm-e2e.sh --list
 #
 # All named scenarios run one after another in one boot (teardown between them); --separate
-# boots once per scenario. Prints PASS/FAIL per scenario and "N passed, M failed"; exits non-zero
-# when any failed. Console logs: $SG_VM_CACHE/logs/. See scripts/vm/host.sh for the environment.
+# boots once per scenario. --kernel SUITE boots that Debian suite's linux-image-amd64 (bookworm,
+# the default: 6.1; trixie: 6.12), as SG_VM_KERNEL_SUITE does. Prints PASS/FAIL per scenario
+# and "N passed, M failed on KERNEL"; exits non-zero when any failed. Console logs:
+# $SG_VM_CACHE/logs/. See scripts/vm/host.sh for the environment.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=scripts/vm/host.sh
 . "$here/vm/host.sh"
 
-usage() { sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,15s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 separate=0
 verbose=
@@ -24,6 +27,12 @@ while (($#)); do
 	case $1 in
 	--separate) separate=1 ;;
 	--verbose) verbose=1 ;;
+	--kernel)
+		(($# >= 2)) || sg_host_die "--kernel needs a suite (bookworm, trixie)"
+		export SG_VM_KERNEL_SUITE=$2
+		shift
+		;;
+	--kernel=*) export SG_VM_KERNEL_SUITE=${1#--kernel=} ;;
 	--list)
 		for f in "$SG_VM_DIR"/scenarios/*.sh; do basename "$f" .sh; done
 		exit 0
@@ -107,7 +116,10 @@ cri_wanted=$((${#cri_list[@]} > 0))
 sg_host_require
 sg_host_kernel
 sg_host_build
-initrd=$SG_VM_CACHE/initramfs-e2e.cpio.gz
+# Another suite's initramfs (its own modules) never overwrites the default one.
+ksuf=
+[[ $SG_KERNEL_SUITE == bookworm ]] || ksuf=-$SG_KERNEL_SUITE
+initrd=$SG_VM_CACHE/initramfs-e2e$ksuf.cpio.gz
 if ((${#others[@]})); then
 	sg_host_initramfs "$initrd"
 	sg_host_log "initramfs: $initrd ($(du -h "$initrd" | cut -f1))"
@@ -119,12 +131,12 @@ if ((cri_wanted || cri_image_wanted || cluster_wanted)); then
 	sg_cri_host_build
 fi
 if ((cri_wanted)); then
-	cri_initrd=$SG_VM_CACHE/initramfs-cri.cpio.gz
+	cri_initrd=$SG_VM_CACHE/initramfs-cri$ksuf.cpio.gz
 	SG_VM_EXTRA=sg_cri_host_extra sg_host_initramfs "$cri_initrd"
 	sg_host_log "initramfs (cri): $cri_initrd ($(du -h "$cri_initrd" | cut -f1))"
 fi
 if ((cri_image_wanted)); then
-	cri_image_initrd=$SG_VM_CACHE/initramfs-cri-image.cpio.gz
+	cri_image_initrd=$SG_VM_CACHE/initramfs-cri-image$ksuf.cpio.gz
 	SG_VM_EXTRA=sg_cri_host_extra_agent_image sg_host_initramfs "$cri_image_initrd"
 	sg_host_log "initramfs (cri-image): $cri_image_initrd ($(du -h "$cri_image_initrd" | cut -f1))"
 fi
@@ -135,7 +147,7 @@ if ((cluster_wanted)); then
 	sg_cluster_host_build
 	sg_cluster_host_fetch
 	sg_host_log "cluster: binaries and packages ready in $((SECONDS - t_build))s"
-	cluster_initrd=$SG_VM_CACHE/initramfs-cluster.cpio
+	cluster_initrd=$SG_VM_CACHE/initramfs-cluster$ksuf.cpio
 	t_build=$SECONDS
 	SG_VM_EXTRA=sg_cluster_host_extra SG_VM_COMPRESS=cat sg_host_initramfs "$cluster_initrd"
 	sg_host_log "initramfs (cluster): $cluster_initrd ($(du -h "$cluster_initrd" | cut -f1), $((SECONDS - t_build))s)"
@@ -147,12 +159,12 @@ if ((latency_wanted)); then
 	sg_latency_host_fetch
 	sg_latency_host_build
 	latency_timeout=$(latency_limit)
-	latency_initrd=$SG_VM_CACHE/initramfs-latency.cpio.gz
+	latency_initrd=$SG_VM_CACHE/initramfs-latency$ksuf.cpio.gz
 	SG_VM_EXTRA=sg_latency_host_extra sg_host_initramfs "$latency_initrd"
 	sg_host_log "initramfs (latency): $latency_initrd ($(du -h "$latency_initrd" | cut -f1)); limit ${latency_timeout}s"
 fi
 
-stamp=$(date +%Y%m%d-%H%M%S)
+stamp=$(date +%Y%m%d-%H%M%S)$ksuf
 logs=()
 # boot GROUP LIST N: one boot of the group's initramfs running the N scenarios of LIST (a,b).
 boot() {
@@ -216,5 +228,18 @@ for s in "${scenarios[@]}"; do
 		echo "FAIL $s no result on the console (VM timed out or crashed)"
 	fi
 done
-echo "$passed passed, $failed failed"
+# The kernel each boot ran, from its `SG-VM-BOOTED kernel=...` line.
+kernels=()
+for log in "${logs[@]}"; do
+	k=$(grep -a -m 1 -o 'SG-VM-BOOTED kernel=[^ ]*' "$log" 2>/dev/null | sed 's/.*kernel=//' || true)
+	kernels+=("${k:-unknown (no SG-VM-BOOTED in $(basename "$log"))}")
+done
+mapfile -t distinct < <(printf '%s\n' "${kernels[@]}" | sort -u)
+if ((${#distinct[@]} == 1)); then
+	on="${distinct[0]} ($SG_KERNEL_SUITE, ${#logs[@]} boot$( ((${#logs[@]} == 1)) || echo s))"
+else
+	on="boots:"
+	for i in "${!logs[@]}"; do on+=" $(basename "${logs[$i]}" .log)=${kernels[$i]}"; done
+fi
+echo "$passed passed, $failed failed on $on"
 ((failed == 0))

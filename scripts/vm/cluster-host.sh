@@ -87,7 +87,11 @@ sg_cluster_host_modules() {
 	SG_CLUSTER_MODDIR=$SG_VM_CACHE/cluster-modules/$ver
 	[[ -f $SG_CLUSTER_MODDIR/.complete && $(cat "$SG_CLUSTER_MODDIR/.complete") == "$SG_CLUSTER_MODULES" ]] && return
 	[[ -z ${SG_VM_KERNEL:-} ]] || sg_host_die "the cluster scenario needs Debian's kernel and its modules (unset SG_VM_KERNEL)"
-	deb=$( (find "$SG_VM_CACHE" "$SG_VM_CACHE/debs" -maxdepth 1 -name "linux-image-${ver}_*.deb" 2>/dev/null || true) | sort -V | tail -n 1)
+	if [[ $(sg_host_kernel_suite) != bookworm ]]; then
+		deb=$(sg_host_kernel_deb "linux-image-$ver")
+	else
+		deb=$( (find "$SG_VM_CACHE" "$SG_VM_CACHE/debs" -maxdepth 1 -name "linux-image-${ver}_*.deb" 2>/dev/null || true) | sort -V | tail -n 1)
+	fi
 	tmp=$(mktemp -d)
 	chmod 0777 "$tmp"
 	if [[ -z $deb ]]; then
@@ -97,7 +101,15 @@ sg_cluster_host_modules() {
 		mkdir -p "$SG_VM_CACHE/debs"
 		cp "$deb" "$SG_VM_CACHE/debs/"
 	fi
-	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" "./lib/modules/$ver" || sg_host_die "no modules in $deb"
+	# bookworm: ./lib/modules/<ver>/*.ko; trixie: merged /usr and xz-compressed modules
+	# (./usr/lib/modules/<ver>/*.ko.xz), unpacked to plain .ko for busybox's depmod and modprobe.
+	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" --wildcards "./*lib/modules/$ver" || sg_host_die "no modules in $deb"
+	if [[ -d $tmp/usr/lib/modules/$ver && ! -d $tmp/lib/modules/$ver ]]; then
+		mkdir -p "$tmp/lib/modules"
+		mv "$tmp/usr/lib/modules/$ver" "$tmp/lib/modules/"
+	fi
+	find "$tmp/lib/modules/$ver" -name '*.ko.xz' -exec xz -d {} +
+	find "$tmp/lib/modules/$ver" -name '*.ko.zst' -exec zstd -q -d --rm {} +
 	# busybox's depmod (the VM's modprobe is busybox's too): modules.dep lists every module's
 	# dependencies transitively.
 	busybox depmod -b "$tmp" "$ver" || sg_host_die "depmod failed"
@@ -105,7 +117,12 @@ sg_cluster_host_modules() {
 	rm -rf "$SG_CLUSTER_MODDIR"
 	mkdir -p "$SG_CLUSTER_MODDIR/lib/modules/$ver"
 	for m in $SG_CLUSTER_MODULES; do
-		grep -E "/$m\.ko:" "$mdir/modules.dep" >>"$tmp/deps" || sg_host_die "no module $m in $deb"
+		if ! grep -E "/$m\.ko:" "$mdir/modules.dep" >>"$tmp/deps"; then
+			# Linux 6.2+ links some expressions into nf_tables.ko (nft_objref in trixie's 6.12):
+			# the VM's modprobe of them then fails harmlessly (cluster-lib.sh logs it).
+			[[ $(sg_host_kernel_suite) != bookworm ]] || sg_host_die "no module $m in $deb"
+			sg_host_log "cluster modules: $m is no module of $ver (built in), skipped"
+		fi
 	done
 	tr -d ':' <"$tmp/deps" | tr ' ' '\n' | sort -u | while read -r dep; do
 		[[ -n $dep ]] || continue

@@ -5,6 +5,11 @@
 # Environment:
 #   SG_VM_CACHE    cache directory (default <repo>/.vm-cache): the kernel, the initramfs, logs
 #   SG_VM_KERNEL   a vmlinuz to boot instead of Debian's linux-image-amd64
+#   SG_VM_KERNEL_SUITE  the Debian suite whose linux-image-amd64 boots (default bookworm: the
+#                  host's own apt, cached in $SG_VM_CACHE/kernel/). Any other suite (trixie:
+#                  6.12) is fetched with a private apt state in $SG_VM_CACHE/apt-<suite>/ (the
+#                  system's apt configuration is not touched) and cached, with its .deb for
+#                  the modules, in $SG_VM_CACHE/kernel-<suite>/
 #   SG_VM_NO_BUILD set to 1 to skip `cargo build --release` (use the binaries already built)
 #   SG_VM_AGENT    the agent binary to install (default target/release/sidecar-governor)
 #   SG_VM_MEM      guest memory in MiB (default 1024)
@@ -41,46 +46,140 @@ sg_host_require() {
 	fi
 }
 
-# Sets SG_KERNEL to a vmlinuz: $SG_VM_KERNEL, else the cached one, else Debian's
-# linux-image-amd64 dependency, downloaded with apt-get and unpacked with dpkg-deb.
-sg_host_kernel() {
-	if [[ -n ${SG_VM_KERNEL:-} ]]; then
-		SG_KERNEL=$SG_VM_KERNEL
-		[[ -f $SG_KERNEL ]] || sg_host_die "SG_VM_KERNEL=$SG_KERNEL does not exist"
+# The suite of the kernel to boot (SG_VM_KERNEL_SUITE, default bookworm) and its cache dir.
+# bookworm keeps the historical layout ($SG_VM_CACHE/kernel/, the host's apt); another suite
+# must not be cached there (the newest vmlinuz under kernel/ is the default kernel).
+sg_host_kernel_suite() { echo "${SG_VM_KERNEL_SUITE:-bookworm}"; }
+sg_host_kernel_dir() {
+	local suite
+	suite=$(sg_host_kernel_suite)
+	if [[ $suite == bookworm ]]; then echo "$SG_VM_CACHE/kernel"; else echo "$SG_VM_CACHE/kernel-$suite"; fi
+}
+
+# sg_host_apt_suite apt-get|apt-cache ARGS...: apt for the kernel's suite. bookworm is the
+# host's own apt (its sources are bookworm); another suite gets a private apt (sources, lists,
+# package cache and an empty status file under $SG_VM_CACHE/apt-<suite>/) with one source,
+# `deb http://deb.debian.org/debian <suite> main`, signed by the host's Debian archive keyring
+# (debian-archive-keyring 2023.3+deb12u2 holds trixie's keys). The lists are fetched when
+# missing: the first use runs `apt-get update` in that private state.
+sg_host_apt_suite() {
+	local tool=$1 suite
+	shift
+	suite=$(sg_host_kernel_suite)
+	if [[ $suite == bookworm ]]; then
+		"$tool" "$@"
 		return
 	fi
-	local cached
-	cached=$( (find "$SG_VM_CACHE/kernel" -path '*/boot/vmlinuz-*' -type f 2>/dev/null || true) | sort -V | tail -n 1)
-	if [[ -n $cached ]]; then
-		SG_KERNEL=$cached
-		return
+	[[ $suite =~ ^[a-z]+$ ]] || sg_host_die "SG_VM_KERNEL_SUITE=$suite is not a Debian suite name"
+	local a=$SG_VM_CACHE/apt-$suite keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+	mkdir -p "$a/etc/sources.list.d" "$a/etc/preferences.d" "$a/etc/apt.conf.d" \
+		"$a/state/lists/partial" "$a/cache/archives/partial"
+	printf 'deb [signed-by=%s] http://deb.debian.org/debian %s main\n' "$keyring" "$suite" >"$a/etc/sources.list"
+	local opts=(-o "Dir::Etc=$a/etc" -o "Dir::Etc::sourcelist=$a/etc/sources.list"
+		-o "Dir::Etc::sourceparts=$a/etc/sources.list.d" -o "Dir::Etc::preferencesparts=$a/etc/preferences.d"
+		-o "Dir::State=$a/state" -o "Dir::State::status=/dev/null" -o "Dir::Cache=$a/cache"
+		-o "APT::Architecture=amd64" -o "Acquire::Languages=none" -o "Debug::NoLocking=1"
+		-o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
+		-o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
+		-o "Acquire::IndexTargets::deb::DEP-11-icons-hidpi::DefaultEnabled=false")
+	if [[ ${SG_HOST_APT_REFRESH:-} == 1 ]] || ! compgen -G "$a/state/lists/*_${suite}_InRelease" >/dev/null; then
+		sg_host_log "apt-get update for $suite (private state in $a)"
+		apt-get "${opts[@]}" update -qq >&2 || sg_host_die "apt-get update for $suite failed (deb.debian.org reachable?)"
 	fi
+	"$tool" "${opts[@]}" "$@"
+}
+
+# sg_host_kernel_pkg: the linux-image-<version> package linux-image-amd64 depends on in the suite.
+sg_host_kernel_pkg() {
 	local pkg
+	if [[ $(sg_host_kernel_suite) != bookworm ]]; then
+		# Only reached when no kernel of the suite is cached: fresh lists name what the mirror has.
+		pkg=$(SG_HOST_APT_REFRESH=1 sg_host_apt_suite apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
+		[[ -n $pkg ]] || sg_host_die "cannot resolve linux-image-amd64 in $(sg_host_kernel_suite)"
+		echo "$pkg"
+		return
+	fi
 	pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ { print $2; exit }')
 	if [[ -z $pkg ]]; then
 		sg_host_log "apt-cache knows no linux-image-amd64: running apt-get update"
 		apt-get update -qq >&2
 		pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ { print $2; exit }')
 	fi
-	[[ -n $pkg ]] || sg_host_die "cannot resolve linux-image-amd64"
-	sg_host_log "downloading $pkg"
-	local tmp
-	tmp=$(mktemp -d)
-	chmod 0755 "$tmp"
-	(cd "$tmp" && apt-get download -q "$pkg" >&2) || sg_host_die "apt-get download $pkg failed"
-	mkdir -p "$SG_VM_CACHE/kernel/$pkg"
-	dpkg-deb --fsys-tarfile "$tmp"/"$pkg"_*.deb | tar -x -C "$SG_VM_CACHE/kernel/$pkg" ./boot
-	rm -rf "$tmp"
-	SG_KERNEL=$(find "$SG_VM_CACHE/kernel/$pkg" -path '*/boot/vmlinuz-*' -type f | head -n 1)
+	[[ -n $pkg ]] || sg_host_die "cannot resolve linux-image-amd64 in $(sg_host_kernel_suite)"
+	echo "$pkg"
+}
+
+# sg_host_kernel_deb PKG (a suite other than bookworm): prints the path of PKG's .deb, kept in
+# the suite's kernel dir (the memory and cluster scenarios take their modules from it),
+# downloaded once.
+sg_host_kernel_deb() {
+	local pkg=$1 deb kdir tmp
+	kdir=$(sg_host_kernel_dir)
+	deb=$( (find "$kdir" -maxdepth 1 -name "${pkg}_*.deb" 2>/dev/null || true) | sort -V | tail -n 1)
+	if [[ -z $deb ]]; then
+		tmp=$kdir/.download
+		rm -rf "$tmp"
+		mkdir -p "$tmp"
+		chmod 0777 "$tmp" # apt's _apt sandbox user writes there
+		sg_host_log "downloading $pkg ($(sg_host_kernel_suite), apt-get download)"
+		if ! (cd "$tmp" && sg_host_apt_suite apt-get download -q "$pkg" >&2); then
+			# Lists from an earlier run may name a version the mirror has since dropped.
+			(cd "$tmp" && SG_HOST_APT_REFRESH=1 sg_host_apt_suite apt-get download -q "$pkg" >&2) ||
+				sg_host_die "apt-get download $pkg failed"
+		fi
+		deb=$(find "$tmp" -maxdepth 1 -name "${pkg}_*.deb" | head -n 1)
+		[[ -n $deb ]] || sg_host_die "apt-get download $pkg gave no .deb"
+		mv "$deb" "$kdir/"
+		rm -rf "$tmp"
+		deb=$kdir/$(basename "$deb")
+	fi
+	echo "$deb"
+}
+
+# Sets SG_KERNEL to a vmlinuz: $SG_VM_KERNEL, else the cached one of the suite
+# (SG_VM_KERNEL_SUITE), else the suite's linux-image-amd64 dependency, downloaded with apt-get
+# and unpacked with dpkg-deb. Also sets SG_KERNEL_SUITE (the suite, or "custom").
+sg_host_kernel() {
+	if [[ -n ${SG_VM_KERNEL:-} ]]; then
+		SG_KERNEL=$SG_VM_KERNEL
+		SG_KERNEL_SUITE=custom
+		[[ -f $SG_KERNEL ]] || sg_host_die "SG_VM_KERNEL=$SG_KERNEL does not exist"
+		return
+	fi
+	SG_KERNEL_SUITE=$(sg_host_kernel_suite)
+	local cached kdir
+	kdir=$(sg_host_kernel_dir)
+	cached=$( (find "$kdir" -path '*/boot/vmlinuz-*' -type f 2>/dev/null || true) | sort -V | tail -n 1)
+	if [[ -n $cached ]]; then
+		SG_KERNEL=$cached
+		return
+	fi
+	local pkg
+	pkg=$(sg_host_kernel_pkg)
+	mkdir -p "$kdir/$pkg"
+	if [[ $SG_KERNEL_SUITE == bookworm ]]; then
+		sg_host_log "downloading $pkg"
+		local tmp
+		tmp=$(mktemp -d)
+		chmod 0755 "$tmp"
+		(cd "$tmp" && apt-get download -q "$pkg" >&2) || sg_host_die "apt-get download $pkg failed"
+		dpkg-deb --fsys-tarfile "$tmp"/"$pkg"_*.deb | tar -x -C "$kdir/$pkg" ./boot
+		rm -rf "$tmp"
+	else
+		local deb
+		deb=$(sg_host_kernel_deb "$pkg")
+		dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$kdir/$pkg" ./boot
+	fi
+	SG_KERNEL=$(find "$kdir/$pkg" -path '*/boot/vmlinuz-*' -type f | head -n 1)
 	[[ -n $SG_KERNEL ]] || sg_host_die "no vmlinuz in $pkg"
-	sg_host_log "kernel: $SG_KERNEL"
+	sg_host_log "kernel: $SG_KERNEL ($SG_KERNEL_SUITE)"
 }
 
 # Build the agent and the stand-in (release).
 sg_host_build() {
 	if [[ ${SG_VM_NO_BUILD:-} == 1 ]]; then return; fi
 	sg_host_log "cargo build --release"
-	(cd "$SG_REPO" && cargo build --release --quiet && cargo build --release --quiet --example stand_in_proxy) >&2 ||
+	(cd "$SG_REPO" && cargo build --release --quiet && cargo build --release --quiet --example stand_in_proxy --example fd_probe) >&2 ||
 		sg_host_die "cargo build failed"
 }
 
@@ -119,6 +218,13 @@ sg_host_initramfs() {
 	for b in "$agent" "$rel/examples/stand_in_proxy"; do
 		sg_host_copy_libs "$root" "$b"
 	done
+	# One descriptor, write then seek and read (examples/fd_probe.rs: the kernel-features scenario).
+	if [[ -x $rel/examples/fd_probe ]]; then
+		cp "$rel/examples/fd_probe" "$root/usr/local/bin/fd_probe"
+		sg_host_copy_libs "$root" "$rel/examples/fd_probe"
+	else
+		sg_host_log "no $rel/examples/fd_probe (cargo build --release --example fd_probe): kernel-features will fail"
+	fi
 	cp "$SG_VM_DIR/init" "$root/init"
 	cp "$SG_VM_DIR/lib.sh" "$SG_VM_DIR/run.sh" "$root/sg/"
 	# mem-lib.sh and the loop/ext4 modules of the memory scenarios (scripts/vm/mem-host.sh)

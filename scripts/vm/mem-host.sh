@@ -10,7 +10,8 @@
 SG_MEM_MODULES="drivers/block/loop.ko lib/crc16.ko crypto/crc32c_generic.ko fs/mbcache.ko fs/jbd2/jbd2.ko fs/ext4/ext4.ko"
 #
 #   sg_host_mem_modules  extracts them from the kernel's .deb (the cached one in $SG_VM_CACHE, else
-#                        `apt-get download`) into $SG_VM_CACHE/modules/<version>/ (cached)
+#                        `apt-get download`; another suite's is kept in $SG_VM_CACHE/kernel-<suite>/)
+#                        into $SG_VM_CACHE/modules/<version>/ (cached; .ko.xz unpacked to .ko)
 #   sg_host_mem_extra R  copies them to R/lib/modules/sg/ and scripts/vm/mem-lib.sh to R/sg/
 #
 # With SG_VM_KERNEL (a kernel of your own) no modules are added: the scenarios that need a block
@@ -27,9 +28,13 @@ sg_host_mem_modules() {
 		return
 	fi
 	pkg=linux-image-$ver
-	deb=$( (find "$SG_VM_CACHE" "$SG_VM_CACHE/debs" -maxdepth 1 -name "${pkg}_*.deb" 2>/dev/null || true) | sort -V | tail -n 1)
 	tmp=$(mktemp -d)
 	chmod 0777 "$tmp"
+	if [[ $(sg_host_kernel_suite) != bookworm ]]; then
+		deb=$(sg_host_kernel_deb "$pkg")
+	else
+		deb=$( (find "$SG_VM_CACHE" "$SG_VM_CACHE/debs" -maxdepth 1 -name "${pkg}_*.deb" 2>/dev/null || true) | sort -V | tail -n 1)
+	fi
 	if [[ -z $deb ]]; then
 		sg_host_log "downloading $pkg for its loop/ext4 modules (apt-get download)"
 		if ! (cd "$tmp" && apt-get download -q "$pkg" >&2); then
@@ -38,12 +43,23 @@ sg_host_mem_modules() {
 		fi
 		deb=$(find "$tmp" -maxdepth 1 -name "${pkg}_*.deb" | head -n 1)
 	fi
+	# bookworm: ./lib/modules/<ver>/kernel/X.ko; trixie (merged /usr, xz-compressed modules):
+	# ./usr/lib/modules/<ver>/kernel/X.ko.xz, unpacked here (busybox insmod takes a plain .ko).
 	local paths=()
-	for m in $SG_MEM_MODULES; do paths+=("./lib/modules/$ver/kernel/$m"); done
-	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" "${paths[@]}" ||
+	for m in $SG_MEM_MODULES; do paths+=("./*lib/modules/$ver/kernel/$m*"); done
+	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" --wildcards "${paths[@]}" ||
 		sg_host_die "no ${SG_MEM_MODULES// /, } in $deb"
 	mkdir -p "$dir"
-	for m in $SG_MEM_MODULES; do cp "$tmp/lib/modules/$ver/kernel/$m" "$dir/"; done
+	local f
+	for m in $SG_MEM_MODULES; do
+		f=$(find "$tmp" -path "*/lib/modules/$ver/kernel/$m*" -type f | head -n 1)
+		case $f in
+		*.ko) cp "$f" "$dir/" ;;
+		*.ko.xz) xz -dc "$f" >"$dir/$(basename "$m")" ;;
+		*.ko.zst) zstd -qdc "$f" >"$dir/$(basename "$m")" ;;
+		*) sg_host_die "no $m in $deb" ;;
+		esac
+	done
 	rm -rf "$tmp"
 	touch "$dir/.complete"
 	sg_host_log "modules for the memory scenarios: $dir"

@@ -105,8 +105,13 @@ sg_check "lookalike never above its 100m" [ "$(peak 1)" -le 10000 ]
 sg_check "lookalike's pod never above its 100m" [ "$(peak 2)" -le 10000 ]
 sg_check "greedy never above its 1 core" [ "$(peak 3)" -le 100000 ]
 sg_check "greedy's pod never above its 1 core" [ "$(peak 4)" -le 100000 ]
+# shellcheck disable=SC2016 # awk's own fields
 sg_check "trusted's pod raised with it (pod >= container at every sample)" \
 	awk '$6 < $5 { bad = 1 } END { exit bad }' "$SG_RUN/peaks.log"
+# The evidence of a failure: each sample with the pod below the container, with its neighbours
+# (columns: lookalike, pod, greedy, pod, trusted, pod; one sample reads the six files in turn).
+awk '{ row[NR] = $0; if ($6 < $5) bad[NR] = 1 } END { for (i in bad) print "sample " i - 1 ": " row[i - 1] "\nsample " i ": " row[i] "  <- trusted pod < container\nsample " i + 1 ": " row[i + 1] }' \
+	"$SG_RUN/peaks.log" | sed 's/^/  /'
 sg_check "trusted's pod raised above its own original" [ "$(peak 6)" -gt 50000 ]
 
 for n in greedy trusted; do echo idle >"$SG_RUN/ctl/$n"; done
