@@ -9,7 +9,7 @@
 //! each proxy's token to the control loop. Nothing runs per proxy between ticks: the thread
 //! sleeps in the kernel until a trigger fires.
 //!
-//! Kernel rules: a window of 500 ms to 10 s; since Linux 6.5 a writer without
+//! Kernel rules: a window of 500 ms to 10 s; since Linux 6.5 (and in Debian's 6.1.192, backported) a writer without
 //! `CAP_SYS_RESOURCE` may only use windows that are multiples of 2 s — refused (`EINVAL`), the
 //! watch falls back to the window rounded up to one (the DaemonSet drops every capability;
 //! the kernel then checks its thresholds every window/10, so 200 ms instead of 50 ms at 2 s);
@@ -66,7 +66,7 @@ pub enum WakeError {
 fn hint(e: &std::io::Error) -> &'static str {
     match e.raw_os_error().map(Errno::from_raw) {
         Some(Errno::EINVAL) => {
-            " (Linux 6.5+ takes windows under 2 s only from a writer with CAP_SYS_RESOURCE)"
+            " (Linux 6.5+, and Debian's 6.1.192 backport, take windows that are not multiples of 2 s only from a writer with CAP_SYS_RESOURCE)"
         }
         Some(Errno::EOPNOTSUPP) => " (PSI is off: boot with psi=1)",
         _ => "",
@@ -203,7 +203,7 @@ impl StallWatch {
             warn!(
                 window_ms = self.window.as_millis() as u64,
                 fallback_ms = fallback.as_millis() as u64,
-                "the kernel refused the stall trigger's window (Linux 6.5+ without CAP_SYS_RESOURCE takes multiples of 2 s); using the fallback"
+                "the kernel refused the stall trigger's window (without CAP_SYS_RESOURCE, Linux 6.5+ and Debian 6.1.192 take only multiples of 2 s); using the fallback"
             );
             self.window = fallback;
             self.text = text;

@@ -13,7 +13,7 @@
 //! the end (SIGTERM, or a crash and `restore`): every file equals its original or the latest
 //! outside value.
 //!
-//! `SG_MODEL_CASES` sets the number of cases (default 64; `.ci/run` runs 10,000).
+//! `SG_MODEL_CASES` sets the number of cases (default 64; `.ci/run` runs 6,000).
 
 #![allow(clippy::unwrap_used)]
 
