@@ -666,7 +666,10 @@ impl Agent {
         if let Some(w) = self.stall.as_mut() {
             w.disarm(key);
         }
-        self.shared.metrics.forget(&g.proxy.id);
+        let m = &self.shared.metrics;
+        m.forget(&g.proxy.id);
+        // The count goes with the series (a wake-up between ticks forgets a proxy too).
+        m.proxies.set(self.governed.len() as i64);
         if release {
             info!(cgroup = key, "proxy no longer found; releasing");
         } else {
