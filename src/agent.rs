@@ -215,7 +215,7 @@ impl Agent {
     /// the whole agent is in dry run (a wake-up would write nothing).
     fn rearm(&mut self) {
         let w = self.policy.cpu.wake_on_stall;
-        let on = w.enabled && !self.dry_run();
+        let on = self.wakes();
         let Some(watch) = self.stall.as_mut() else {
             return;
         };
@@ -234,11 +234,10 @@ impl Agent {
     /// Watches one governed proxy (a failure is warned once per distinct reason and leaves
     /// the proxy on ticks alone).
     fn arm(&mut self, key: &str) {
+        let on = self.wakes();
         let (Some(watch), Some(g)) = (self.stall.as_mut(), self.governed.get(key)) else {
             return;
         };
-        let on =
-            self.policy.cpu.wake_on_stall.enabled && !(self.dry_run_flag || self.policy.dry_run);
         if !on || watch.is_armed(key) {
             return;
         }
@@ -253,6 +252,12 @@ impl Agent {
                 debug!(cgroup = key, error = %e, "no stall trigger");
             }
         }
+    }
+
+    /// Wake-ups between ticks are on: enabled by the policy and the agent not in dry run (a
+    /// wake-up would write nothing).
+    fn wakes(&self) -> bool {
+        self.policy.cpu.wake_on_stall.enabled && !self.dry_run()
     }
 
     fn publish_stall(&self) {
@@ -330,9 +335,8 @@ impl Agent {
         let m = &self.shared.metrics;
         m.proxies.set(self.governed.len() as i64);
         m.journal_entries.set(self.journal.len() as i64);
-        m.stall_triggers
-            .set(self.stall.as_ref().map_or(0, StallWatch::len) as i64);
         m.ticks.inc();
+        self.publish_stall();
         m.tick_duration_seconds
             .observe(started.elapsed().as_secs_f64());
         self.publish();
@@ -341,29 +345,37 @@ impl Agent {
     /// Many proxies wanting to grow at once is a config push: hold growth back briefly.
     fn hold_back_storm(&mut self, now: Instant, plans: &mut Vec<(String, CpuPlan)>) {
         let before = plans.len();
-        // Only sidecars the runtime vouches for count: another tenant's processes cannot
-        // make a storm that holds back someone else's proxies.
-        let governed = self
-            .governed
-            .values()
-            .filter(|g| g.proxy.runtime_identity)
-            .count();
+        let governed = self.storm_counted();
         let p = &self.policy.cpu.push_storm;
         let state = storm::hold_back(&mut self.storm, now, plans, governed, p);
         if state == storm::Storm::Started {
-            self.shared.metrics.push_storms.inc();
-            warn!(
-                proxies = before - plans.len(),
-                governed,
-                grace_s = p.grace.as_secs_f64(),
-                "push storm: many proxies spiked at once (a config push?); holding growth back"
-            );
+            self.storm_started(before - plans.len(), governed);
         } else if before != plans.len() {
             debug!(
                 held = before - plans.len(),
                 "growth held back during a push storm"
             );
         }
+    }
+
+    /// Proxies that count toward a push storm: only sidecars the runtime vouches for
+    /// (another tenant's processes cannot make a storm that holds back someone else's).
+    fn storm_counted(&self) -> usize {
+        self.governed
+            .values()
+            .filter(|g| g.proxy.runtime_identity)
+            .count()
+    }
+
+    /// A push storm was recognised (at a tick or a wake-up): counted and warned.
+    fn storm_started(&self, held: usize, governed: usize) {
+        self.shared.metrics.push_storms.inc();
+        warn!(
+            proxies = held,
+            governed,
+            grace_s = self.policy.cpu.push_storm.grace.as_secs_f64(),
+            "push storm: many proxies wanted to grow at once (a config push?); holding growth back"
+        );
     }
 
     /// Writes the journal if anything changed. Returns false when it could not: then no
@@ -873,7 +885,7 @@ impl Agent {
     /// again shortly after: growth only, staged, journaled and written like a tick's (pods
     /// raised before their container). A push storm holds it back as it holds a tick's.
     pub fn wake_proxy(&mut self, key: &str, now: Instant, first: bool) {
-        if self.dry_run() || !self.policy.cpu.wake_on_stall.enabled {
+        if !self.wakes() {
             return;
         }
         let out = self.step_as(key, now, Some(first));
@@ -921,27 +933,22 @@ impl Agent {
     /// as a tick's plan does).
     fn storm_holds(&mut self, now: Instant, key: &str, plan: &CpuPlan) -> bool {
         use crate::controller::storm::StormCandidate;
-        let governed = self
-            .governed
-            .values()
-            .filter(|g| g.proxy.runtime_identity)
-            .count();
+        let governed = self.storm_counted();
         let wanting: &[&str] = if plan.wants_growth() && plan.counts() {
             &[key]
         } else {
             &[]
         };
-        let p = &self.policy.cpu.push_storm;
-        let state = self.storm.observe(now, wanting, governed, p);
+        // `observe`, not `hold_back`: that one keeps which proxies a tick held back (a proxy
+        // throttled hard is held one tick at most), which a wake-up must not reset.
+        let state = self
+            .storm
+            .observe(now, wanting, governed, &self.policy.cpu.push_storm);
+        let held = state != storm::Storm::Calm && plan.wants_growth();
         if state == storm::Storm::Started {
-            self.shared.metrics.push_storms.inc();
-            warn!(
-                governed,
-                grace_s = p.grace.as_secs_f64(),
-                "push storm: many proxies stalled at once (a config push?); holding growth back"
-            );
+            self.storm_started(usize::from(held), governed);
         }
-        state != storm::Storm::Calm && plan.wants_growth()
+        held
     }
 
     /// When the next look-again is due, if any.
