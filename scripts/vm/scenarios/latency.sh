@@ -175,18 +175,24 @@ S_P99=$R_P99
 sg_check "static 200m: the proxy is throttled under load (median ${R_THR} ms a burst > 0)" \
 	awk -v t="$R_THR" 'BEGIN { exit !(t > 0) }'
 
-# (c) governed: the original 2 cores, as kubelet wrote them, then the agent.
-echo "$ORIGINAL" >"$PROXY/cpu.max"
-sg_policy_write <<EOF
+# governed_policy SCALE_DOWN_AFTER STEP_DOWN: the governed regime's policy (haproxy is the
+# proxy; floor 100m, the 2-core original the ceiling), written as one swap (hot reload).
+governed_policy() {
+	sg_policy_write <<EOF
 interval: 1s
 match:
   processNames: [haproxy]
 cpu:
   min: 100m
   max: "2"
-  scaleDownAfter: $SCALE_DOWN
-  stepDown: $STEP_DOWN
+  scaleDownAfter: $1
+  stepDown: $2
 EOF
+}
+
+# (c) governed: the original 2 cores, as kubelet wrote them, then the agent.
+echo "$ORIGINAL" >"$PROXY/cpu.max"
+governed_policy "$SCALE_DOWN" "$STEP_DOWN"
 sg_agent_start
 sg_trace_start
 regime governed
@@ -198,16 +204,7 @@ sg_check "governed: the idle quota averaged below the original 2000m (median ${G
 # Reaction: short bursts from the floor. The way down is made quick (it is not what is timed)
 # so the bursts fit in minutes; the way up is the policy's. Each burst starts a random 0..1 s
 # (one interval) after the settle time, so that bursts sample every phase of the agent's tick.
-sg_policy_write <<EOF
-interval: 1s
-match:
-  processNames: [haproxy]
-cpu:
-  min: 100m
-  max: "2"
-  scaleDownAfter: $R_SCALE_DOWN
-  stepDown: $R_STEP_DOWN
-EOF
+governed_policy "$R_SCALE_DOWN" "$R_STEP_DOWN"
 sg_log "reaction: $R_BURSTS bursts of ${R_LOAD}s from the floor ($FLOOR_QUOTA), scaleDownAfter $R_SCALE_DOWN, stepDown $R_STEP_DOWN"
 # The probe runs in a cgroup of its own with the highest cpu.weight, so that its 3 ms polls are
 # not queued behind wrk's threads (which it starts in the client cgroup); poll_avg_ms says what
