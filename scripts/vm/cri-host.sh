@@ -22,38 +22,12 @@ SG_CRI_IMAGE_NAME=registry.local/sg-test:1
 SG_CRI_PAUSE_NAME=registry.local/pause:1
 
 sg_cri_host_fetch() {
-	local pkg tmp have
-	mkdir -p "$SG_CRI_CACHE"
-	for pkg in containerd runc; do
-		have=$(find "$SG_CRI_CACHE" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -n 1)
-		if [[ -z $have ]]; then
-			sg_host_log "downloading $pkg (apt-get download)"
-			tmp=$(mktemp -d)
-			chmod 0777 "$tmp"
-			if ! (cd "$tmp" && apt-get download -q "$pkg" >&2); then
-				sg_host_log "apt-get download $pkg failed: running apt-get update"
-				apt-get update -qq >&2
-				(cd "$tmp" && apt-get download -q "$pkg" >&2) || sg_host_die "apt-get download $pkg failed"
-			fi
-			mv "$tmp"/"${pkg}"_*.deb "$SG_CRI_CACHE/"
-			rm -rf "$tmp"
-		fi
-	done
-	local stamp
-	stamp=$(cd "$SG_CRI_CACHE" && ls containerd_*.deb runc_*.deb | tr '\n' ' ')
-	if [[ ! -f $SG_CRI_ROOT/.debs || $(cat "$SG_CRI_ROOT/.debs") != "$stamp" ]]; then
-		rm -rf "$SG_CRI_ROOT"
-		mkdir -p "$SG_CRI_ROOT"
-		for pkg in "$SG_CRI_CACHE"/containerd_*.deb "$SG_CRI_CACHE"/runc_*.deb; do
-			dpkg-deb -x "$pkg" "$SG_CRI_ROOT"
-		done
-		echo "$stamp" >"$SG_CRI_ROOT/.debs"
-	fi
+	sg_host_debs "$SG_CRI_CACHE" "$SG_CRI_ROOT" containerd runc
 	local b
 	for b in usr/bin/containerd usr/bin/containerd-shim-runc-v2 usr/bin/ctr usr/sbin/runc; do
 		[[ -x $SG_CRI_ROOT/$b ]] || sg_host_die "no $b in the unpacked containerd/runc packages"
 	done
-	sg_host_log "containerd/runc: $stamp"
+	sg_host_log "containerd/runc: $SG_DEBS"
 }
 
 sg_cri_host_build() {

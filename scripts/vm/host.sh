@@ -175,6 +175,37 @@ sg_host_kernel() {
 	sg_host_log "kernel: $SG_KERNEL ($SG_KERNEL_SUITE)"
 }
 
+# sg_host_debs CACHE ROOT PKG...: Debian packages for the VM. Each PKG's newest .deb in CACHE,
+# downloaded with `apt-get download` when there is none (after an `apt-get update` if the
+# first try fails), unpacked with `dpkg-deb -x` into ROOT, again only when the set of .debs
+# changed. Sets SG_DEBS to that set (file names, space-separated).
+sg_host_debs() {
+	local cache=$1 root=$2 pkg tmp have
+	shift 2
+	mkdir -p "$cache"
+	for pkg in "$@"; do
+		have=$(find "$cache" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -n 1)
+		[[ -n $have ]] && continue
+		sg_host_log "downloading $pkg (apt-get download)"
+		tmp=$(mktemp -d)
+		chmod 0777 "$tmp"
+		if ! (cd "$tmp" && apt-get download -q "$pkg" >&2); then
+			sg_host_log "apt-get download $pkg failed: running apt-get update"
+			apt-get update -qq >&2
+			(cd "$tmp" && apt-get download -q "$pkg" >&2) || sg_host_die "apt-get download $pkg failed"
+		fi
+		mv "$tmp"/"${pkg}"_*.deb "$cache/"
+		rm -rf "$tmp"
+	done
+	SG_DEBS=$(for pkg in "$@"; do find "$cache" -maxdepth 1 -name "${pkg}_*.deb" -printf '%f\n' | sort -V | tail -n 1; done | tr '\n' ' ')
+	if [[ ! -f $root/.debs || $(cat "$root/.debs") != "$SG_DEBS" ]]; then
+		rm -rf "$root"
+		mkdir -p "$root"
+		for pkg in $SG_DEBS; do dpkg-deb -x "$cache/$pkg" "$root"; done
+		echo "$SG_DEBS" >"$root/.debs"
+	fi
+}
+
 # Build the agent and the stand-in (release).
 sg_host_build() {
 	if [[ ${SG_VM_NO_BUILD:-} == 1 ]]; then return; fi

@@ -19,34 +19,12 @@ SG_LAT_ROOT=${SG_LAT_ROOT:-$SG_VM_CACHE/latency-root}
 SG_LAT_PKGS=(haproxy wrk liblua5.3-0 libopentracing-c-wrapper0 libopentracing1 libluajit-5.1-2)
 
 sg_latency_host_fetch() {
-	local pkg tmp have stamp
-	mkdir -p "$SG_LAT_CACHE"
-	for pkg in "${SG_LAT_PKGS[@]}"; do
-		have=$(find "$SG_LAT_CACHE" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -n 1)
-		[[ -n $have ]] && continue
-		sg_host_log "downloading $pkg (apt-get download)"
-		tmp=$(mktemp -d)
-		chmod 0777 "$tmp"
-		if ! (cd "$tmp" && apt-get download -q "$pkg" >&2); then
-			sg_host_log "apt-get download $pkg failed: running apt-get update"
-			apt-get update -qq >&2
-			(cd "$tmp" && apt-get download -q "$pkg" >&2) || sg_host_die "apt-get download $pkg failed"
-		fi
-		mv "$tmp"/"${pkg}"_*.deb "$SG_LAT_CACHE/"
-		rm -rf "$tmp"
-	done
-	stamp=$(for pkg in "${SG_LAT_PKGS[@]}"; do find "$SG_LAT_CACHE" -maxdepth 1 -name "${pkg}_*.deb" -printf '%f\n' | sort -V | tail -n 1; done | tr '\n' ' ')
-	if [[ ! -f $SG_LAT_ROOT/.debs || $(cat "$SG_LAT_ROOT/.debs") != "$stamp" ]]; then
-		rm -rf "$SG_LAT_ROOT"
-		mkdir -p "$SG_LAT_ROOT"
-		for pkg in $stamp; do dpkg-deb -x "$SG_LAT_CACHE/$pkg" "$SG_LAT_ROOT"; done
-		echo "$stamp" >"$SG_LAT_ROOT/.debs"
-	fi
+	sg_host_debs "$SG_LAT_CACHE" "$SG_LAT_ROOT" "${SG_LAT_PKGS[@]}"
 	local b
 	for b in usr/sbin/haproxy usr/bin/wrk; do
 		[[ -x $SG_LAT_ROOT/$b ]] || sg_host_die "no $b in the unpacked haproxy/wrk packages"
 	done
-	sg_host_log "haproxy/wrk: $stamp"
+	sg_host_log "haproxy/wrk: $SG_DEBS"
 }
 
 sg_latency_host_build() {
