@@ -878,7 +878,7 @@ impl Agent {
         for (_, key) in due {
             self.wake_proxy(&key, now, false);
         }
-        self.look_again.iter().map(|(at, _)| *at).min()
+        self.next_look_again()
     }
 
     /// Steps one proxy between ticks, as woken by its stall trigger (`first`) or looking
