@@ -2,13 +2,14 @@
 //! Standard library only; built into the VM's initramfs like the stand-in proxy.
 //!
 //! ```text
-//! throttle_probe reaction --cgroup DIR --floor QUOTA_US --bursts N [--poll-ms 3]
+//! throttle_probe reaction --cgroup DIR --floor QUOTA_US --bursts N [--max-bursts 2N] [--poll-ms 3]
 //!                [--settle-ms 2000] [--jitter-ms 1000] [--floor-wait-ms 120000] -- LOAD [ARGS...]
 //! throttle_probe quota-avg --cgroup DIR --for-ms MS [--every-ms 250]
 //! ```
 //!
-//! `reaction`: N times, wait until the governed cgroup's `cpu.max` quota has been at the floor
-//! (QUOTA_US, e.g. `10000` for 100m at the 100 ms period) for `--settle-ms` plus a random
+//! `reaction`: until N bursts are timed (or `--max-bursts` were run), wait until the governed
+//! cgroup's `cpu.max` quota has been at the floor (QUOTA_US, e.g. `10000` for 100m at the
+//! 100 ms period) for `--settle-ms` plus a random
 //! 0..`--jitter-ms` (the agent wrote the floor on a tick: without it every burst would start
 //! at the same phase of the agent's tick, and the distribution would be one value), run LOAD (a
 //! command that puts load on the proxy for a while, e.g. `wrk -d 3s ...`) and poll `cpu.stat`
@@ -26,8 +27,10 @@
 //! the quota was at the floor (the kernel counts a throttled period when the period timer
 //! refills the quota, so this lags the start of throttling by at most one period) to the first
 //! poll that saw the quota above the floor. A burst whose LOAD ended before any raise is a miss
-//! (`raised=no`); one raised before any throttled period is counted as `unthrottled`. After a
-//! raise LOAD is left to finish (it has its own duration) before the next burst. Last, a summary over the raised bursts (nearest-rank percentiles):
+//! (`raised=no`); one raised before any throttled period is counted as `unthrottled` (it has no
+//! reaction to time, so it does not count toward N). After a raise LOAD is left to finish (it
+//! has its own duration) before the next burst. Last, a summary over the timed bursts
+//! (`raised`; nearest-rank percentiles), `bursts` being all that were run:
 //!
 //! ```text
 //! PROBE-SUMMARY bursts=50 raised=50 misses=0 unthrottled=0 p50_ms=1010 p99_ms=1990 max_ms=2003 load_p50_ms=1060 load_p99_ms=2050 poll_avg_ms=3.1
@@ -46,7 +49,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const USAGE: &str = "usage:
-  throttle_probe reaction --cgroup DIR --floor QUOTA_US --bursts N [--poll-ms 3] [--settle-ms 2000] [--jitter-ms 1000] [--floor-wait-ms 120000] -- LOAD [ARGS...]
+  throttle_probe reaction --cgroup DIR --floor QUOTA_US --bursts N [--max-bursts 2N] [--poll-ms 3] [--settle-ms 2000] [--jitter-ms 1000] [--floor-wait-ms 120000] -- LOAD [ARGS...]
   throttle_probe quota-avg --cgroup DIR --for-ms MS [--every-ms 250]";
 
 /// `cpu.max`: the quota in microseconds (`None` for `max`) and the period.
@@ -114,6 +117,7 @@ struct Flags {
     cgroup: Option<String>,
     floor: Option<u64>,
     bursts: u64,
+    max_bursts: Option<u64>,
     poll_ms: u64,
     settle_ms: u64,
     jitter_ms: u64,
@@ -151,6 +155,7 @@ fn parse_flags(args: &[String]) -> Result<Flags, String> {
             "--cgroup" => f.cgroup = Some(value.clone()),
             "--floor" => f.floor = Some(number()?),
             "--bursts" => f.bursts = number()?,
+            "--max-bursts" => f.max_bursts = Some(number()?),
             "--poll-ms" => f.poll_ms = number()?.max(1),
             "--settle-ms" => f.settle_ms = number()?,
             "--jitter-ms" => f.jitter_ms = number()?,
@@ -273,7 +278,11 @@ fn reaction(f: &Flags) -> Result<bool, String> {
     let mut settled = true;
     let (mut polls, mut polled) = (0u64, Duration::ZERO);
     let mut rng = Rng::from_clock();
-    for i in 1..=f.bursts {
+    let max_bursts = f.max_bursts.unwrap_or(f.bursts * 2).max(f.bursts);
+    for i in 1..=max_bursts {
+        if reactions.len() as u64 + misses >= f.bursts {
+            break;
+        }
         if !wait_at_floor(
             dir,
             floor,

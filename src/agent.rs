@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::actuator::{self, RestoreReport};
-use crate::controller::Reason;
 use crate::controller::storm::{self, StormDetector};
+use crate::controller::{Reason, Wake};
 use crate::discovery::{Discovery, Proxy};
 use crate::events::{EventReason, EventSink, NoEvents, PodEvent};
 use crate::journal::{Journal, JournalError};
@@ -112,7 +112,7 @@ pub struct Agent {
     /// The PSI stall triggers (none on fixture trees, or when the kernel has no PSI).
     stall: Option<StallWatch>,
     /// Wake-ups to look again at a proxy, due at an instant.
-    look_again: Vec<(Instant, String)>,
+    look_again: Vec<(Instant, String, Wake)>,
     /// Why the last proxy could not be watched (warned once per distinct reason).
     stall_failing: Option<String>,
 }
@@ -792,8 +792,8 @@ impl Agent {
         self.step_as(key, now, None)
     }
 
-    /// [`Agent::step`] for a tick (`wake` `None`) or a wake-up between ticks (`Some(first)`).
-    fn step_as(&mut self, key: &str, now: Instant, wake: Option<bool>) -> StepOutcome {
+    /// [`Agent::step`] for a tick (`wake` `None`) or a wake-up between ticks (`Some`).
+    fn step_as(&mut self, key: &str, now: Instant, wake: Option<Wake>) -> StepOutcome {
         let global_dry_run = self.dry_run_flag || self.policy.dry_run;
         let (Some(g), Some(mut record)) =
             (self.governed.get_mut(key), self.journal.container_mut(key))
@@ -839,7 +839,7 @@ impl Agent {
         };
         let out = match wake {
             None => g.core.step(&mut io, &mut record, &settings, now),
-            Some(first) => g.core.wake(&mut io, &mut record, &settings, now, first),
+            Some(wake) => g.core.wake(&mut io, &mut record, &settings, now, wake),
         };
         drop(record);
         for p in &out.problems {
@@ -865,7 +865,7 @@ impl Agent {
             return; // disarmed since (the proxy went)
         };
         let key = key.to_string();
-        self.wake_proxy(&key, now, true);
+        self.wake_proxy(&key, now);
     }
 
     /// The wake-ups due to look again at a proxy by `now`, stepped; returns when the next is
@@ -873,29 +873,35 @@ impl Agent {
     pub fn look_again_due(&mut self, now: Instant) -> Option<Instant> {
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.look_again)
             .into_iter()
-            .partition(|(at, _)| *at <= now);
+            .partition(|(at, _, _)| *at <= now);
         self.look_again = later;
-        for (_, key) in due {
-            self.wake_proxy(&key, now, false);
+        for (_, key, wake) in due {
+            self.step_woken(&key, now, wake);
         }
         self.next_look_again()
     }
 
-    /// Steps one proxy between ticks, as woken by its stall trigger (`first`) or looking
-    /// again shortly after: growth only, staged, journaled and written like a tick's (pods
+    /// A proxy's stall trigger fired: it is stepped at `now` ([`Agent::step_woken`]).
+    pub fn wake_proxy(&mut self, key: &str, now: Instant) {
+        self.step_woken(key, now, Wake::Trigger);
+    }
+
+    /// Steps one proxy between ticks, as woken by its stall trigger or looking again
+    /// shortly after (`wake`): growth only, staged, journaled and written like a tick's (pods
     /// raised before their container). A push storm holds it back as it holds a tick's.
-    pub fn wake_proxy(&mut self, key: &str, now: Instant, first: bool) {
+    fn step_woken(&mut self, key: &str, now: Instant, wake: Wake) {
         if !self.wakes() {
             return;
         }
-        let out = self.step_as(key, now, Some(first));
+        let out = self.step_as(key, now, Some(wake));
         if out.gone {
             self.forget(key, false);
             self.flush_journal();
             return;
         }
-        if out.look_again {
-            self.look_again.push((now + LOOK_AGAIN, key.to_string()));
+        if let Some(wake) = out.look_again {
+            self.look_again
+                .push((now + LOOK_AGAIN, key.to_string(), wake));
         }
         let Some(plan) = out.cpu else {
             self.shared.metrics.wakeup("none");
@@ -953,7 +959,7 @@ impl Agent {
 
     /// When the next look-again is due, if any.
     fn next_look_again(&self) -> Option<Instant> {
-        self.look_again.iter().map(|(at, _)| *at).min()
+        self.look_again.iter().map(|(at, _, _)| *at).min()
     }
 
     /// Dry run: the decision is only remembered (and shown).

@@ -589,7 +589,7 @@ fn a_woken_proxy_grows_between_ticks_and_is_journaled() {
     // 300 ms after the tick: three quiet periods, then one throttled at the floor. The span
     // cannot tell a blip from load: one step, and a second look.
     envoy.run_periods(4, 10_000, 1, 90_000);
-    h.agent.wake_proxy(&envoy.rel, h.now + ms(300), true);
+    h.agent.wake_proxy(&envoy.rel, h.now + ms(300));
     assert_eq!(
         envoy.quota_millis(),
         Some(200),
@@ -618,7 +618,7 @@ fn a_woken_proxy_grows_between_ticks_and_is_journaled() {
         "{m}"
     );
     // A wake-up with nothing stalled does nothing, and the tick goes on from there.
-    h.agent.wake_proxy(&envoy.rel, h.now + ms(600), true);
+    h.agent.wake_proxy(&envoy.rel, h.now + ms(600));
     assert_eq!(envoy.quota_millis(), Some(q));
     assert!(
         h.metrics()
@@ -639,11 +639,8 @@ fn wake_ups_write_nothing_in_dry_run_or_when_off() {
             idle_at_the_floor(Policy::from_yaml(&text).unwrap(), dry_run);
         let before = envoy.cpu_max();
         envoy.run_periods(1, 10_000, 1, 90_000);
-        h.agent.wake_proxy(
-            &envoy.rel,
-            h.now + std::time::Duration::from_millis(300),
-            true,
-        );
+        h.agent
+            .wake_proxy(&envoy.rel, h.now + std::time::Duration::from_millis(300));
         assert_eq!(
             envoy.cpu_max(),
             before,

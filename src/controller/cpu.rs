@@ -229,28 +229,41 @@ pub(crate) fn decide_cpu(
     None
 }
 
+/// Why a proxy is stepped between ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Its stall trigger fired.
+    Trigger,
+    /// About one period after a wake-up that could not tell yet; `stepped`: that wake-up
+    /// (or an earlier look) stepped it up already.
+    Look { stepped: bool },
+}
+
 /// What a wake-up between ticks decided for one proxy (grow only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct WakeDecision {
     pub decision: Option<CpuDecision>,
-    /// Look again after about one period: this sample spans mostly the quiet before the
-    /// stall, so whether the stall is lasting load cannot be told from it yet.
-    pub look_again: bool,
+    /// Look again after about one period, as this: the sample spans mostly the quiet before
+    /// the stall, so whether it is lasting load cannot be told from it yet.
+    pub look_again: Option<Wake>,
 }
 
-/// Decides for a proxy woken between ticks by its stall trigger (`first`), or looked at
-/// again shortly after (`!first`): growth only — shrinking stays on the tick.
+/// Decides for a proxy woken between ticks by its stall trigger, or looked at again shortly
+/// after ([`Wake`]): growth only — shrinking stays on the tick.
 ///
 /// A stall is lasting load when, in the periods the proxy ran, it used its whole quota
 /// and was throttled in most of them: then it is raised at once to the larger of its demand
-/// and its busy level ([`CpuState::busy_millis`]). A first wake-up that cannot tell yet
-/// steps up once (fast, and cheap if it was a blip) and asks to look again.
+/// and its busy level ([`CpuState::busy_millis`]). A wake-up that sees a stall it cannot call
+/// lasting steps up once (fast, and cheap if it was a blip) and looks again; one that sees no
+/// stall yet (the trigger fired on the first throttled periods, diluted in the span since the
+/// last tick) looks again without a step. At most two looks follow a trigger, and one step
+/// before lasting load is seen; then the tick decides.
 pub(crate) fn decide_wake(
     state: &mut CpuState,
     obs: &CpuObservation,
     bounds: CpuBounds,
     p: &CpuPolicy,
-    first: bool,
+    wake: Wake,
 ) -> WakeDecision {
     let current = obs.quota_millis;
     let none = WakeDecision::default();
@@ -258,7 +271,7 @@ pub(crate) fn decide_wake(
         state.reset();
         return WakeDecision {
             decision: up(bounds.floor, Reason::Policy),
-            look_again: false,
+            look_again: None,
         };
     }
     if current >= bounds.ceiling {
@@ -269,10 +282,17 @@ pub(crate) fn decide_wake(
     // when the proxy uses its quota (as on a tick): an idle proxy waiting for a CPU another
     // cgroup holds is contention, not a small quota.
     let throttled = obs.throttled_ratio >= p.throttled_ratio && obs.throttled_ratio > 0.0;
-    let pressured = obs.pressure_some.is_some_and(|s| s >= p.pressure_threshold)
-        && obs.usage_millis / quota.max(1.0) >= p.target_utilization;
+    let stalling = obs.pressure_some.is_some_and(|s| s >= p.pressure_threshold);
+    let pressured = stalling && obs.usage_millis / quota.max(1.0) >= p.target_utilization;
     if !throttled && !pressured {
-        return none;
+        // Stalling, idle and never throttled: contention, which a look would not change.
+        // Else the trigger fired and nothing shows yet: one look, no step.
+        let contended = stalling && obs.throttled_ratio == 0.0;
+        return WakeDecision {
+            decision: None,
+            look_again: (wake == Wake::Trigger && !contended)
+                .then_some(Wake::Look { stepped: false }),
+        };
     }
     let lasting = obs
         .active_utilization
@@ -285,13 +305,13 @@ pub(crate) fn decide_wake(
         let demand =
             (obs.usage_millis.max(0.0) + obs.throttled_millis.max(0.0)) / p.target_utilization;
         let want = stepped.max(demand).max(state.busy_level(bounds) as f64);
-        (want, false)
-    } else if first {
+        (want, None)
+    } else if wake != (Wake::Look { stepped: true }) {
         // One step on the bet it is load; the quiet clock runs on (a blip must not hold an
         // idle proxy above its floor for another scaleDownAfter).
-        (stepped, true)
+        (stepped, Some(Wake::Look { stepped: true }))
     } else {
-        // Looked again and it is not lasting load: the tick decides.
+        // Stepped and looked again, and it is not lasting load: the tick decides.
         return none;
     };
     let want = (want.ceil() as u64).clamp(bounds.floor, bounds.ceiling);
@@ -317,6 +337,14 @@ mod tests {
     use crate::policy::Policy;
 
     const TICK: Duration = Duration::from_secs(1);
+    const TRIGGER: Wake = Wake::Trigger;
+    const STEPPED: Wake = Wake::Look { stepped: true };
+    const UNSTEPPED: Wake = Wake::Look { stepped: false };
+    /// No step, one look.
+    const LOOK_ONLY: WakeDecision = WakeDecision {
+        decision: None,
+        look_again: Some(UNSTEPPED),
+    };
 
     fn policy() -> CpuPolicy {
         Policy::default().cpu
@@ -703,8 +731,8 @@ mod tests {
         }
     }
 
-    fn wake(state: &mut CpuState, o: &CpuObservation, first: bool) -> (u64, bool, Reason) {
-        let w = decide_wake(state, o, bounds(), &policy(), first);
+    fn wake(state: &mut CpuState, o: &CpuObservation, w: Wake) -> (u64, Option<Wake>, Reason) {
+        let w = decide_wake(state, o, bounds(), &policy(), w);
         let d = w.decision.expect("a decision");
         assert_eq!(d.direction, Direction::Up);
         (d.quota_millis, w.look_again, d.reason)
@@ -716,11 +744,14 @@ mod tests {
         // periods throttled, a fifth of the quota used in them.
         let mut state = CpuState::default();
         let o = stalled(100, 20.0, 0.2, 0.2);
-        assert_eq!(wake(&mut state, &o, true), (200, true, Reason::Stall));
+        assert_eq!(
+            wake(&mut state, &o, TRIGGER),
+            (200, Some(STEPPED), Reason::Stall)
+        );
         // Looked again and it was a blip: nothing more, the tick decides.
         let blip = stalled(200, 10.0, 0.1, 0.1);
         assert_eq!(
-            decide_wake(&mut state, &blip, bounds(), &policy(), false),
+            decide_wake(&mut state, &blip, bounds(), &policy(), STEPPED),
             WakeDecision::default()
         );
     }
@@ -730,10 +761,13 @@ mod tests {
         // Never seen busy: the busy level is the ceiling (the container's own 2 cores).
         let mut state = CpuState::default();
         let o = stalled(200, 200.0, 1.0, 1.0);
-        assert_eq!(wake(&mut state, &o, false), (2000, false, Reason::Stall));
+        assert_eq!(wake(&mut state, &o, STEPPED), (2000, None, Reason::Stall));
         // Lasting on the first wake-up: at once, no second look.
         let mut state = CpuState::default();
-        assert!(!wake(&mut state, &stalled(100, 100.0, 0.9, 0.95), true).1);
+        assert_eq!(
+            wake(&mut state, &stalled(100, 100.0, 0.9, 0.95), TRIGGER).1,
+            None
+        );
     }
 
     #[test]
@@ -764,7 +798,7 @@ mod tests {
                 throttled_millis: 100.0,
                 ..o
             },
-            true,
+            TRIGGER,
         );
         assert_eq!(to, 451);
     }
@@ -780,7 +814,7 @@ mod tests {
             throttled_millis: 1500.0,
             ..stalled(100, 100.0, 1.0, 1.0)
         };
-        assert_eq!(wake(&mut state, &o, true).0, 2000);
+        assert_eq!(wake(&mut state, &o, TRIGGER).0, 2000);
     }
 
     #[test]
@@ -790,13 +824,18 @@ mod tests {
             quiet_for: Duration::from_secs(20),
             ..CpuState::default()
         };
-        // Woken (pressure below the threshold, no throttling): nothing, quiet clock kept.
+        // Woken (pressure below the threshold, no throttling): no step, one look; looked
+        // again and still nothing: done. The quiet clock is kept throughout.
         let calm = CpuObservation {
             pressure_some: Some(0.01),
             ..stalled(100, 5.0, 0.0, 0.1)
         };
         assert_eq!(
-            decide_wake(&mut state, &calm, bounds(), &p, true),
+            decide_wake(&mut state, &calm, bounds(), &p, TRIGGER),
+            LOOK_ONLY
+        );
+        assert_eq!(
+            decide_wake(&mut state, &calm, bounds(), &p, UNSTEPPED),
             WakeDecision::default()
         );
         assert_eq!(state.quiet_for, Duration::from_secs(20));
@@ -808,7 +847,7 @@ mod tests {
                     &stalled(quota, quota as f64, 1.0, 1.0),
                     bounds(),
                     &p,
-                    true
+                    TRIGGER
                 ),
                 WakeDecision::default()
             );
@@ -830,7 +869,7 @@ mod tests {
             ..stalled(200, 10.0, 0.0, 0.05)
         };
         assert_eq!(
-            decide_wake(&mut state, &contended, bounds(), &p, true),
+            decide_wake(&mut state, &contended, bounds(), &p, TRIGGER),
             WakeDecision::default()
         );
         // Using 70% of its quota with pressure: one step, a second look, quiet clock kept.
@@ -838,9 +877,9 @@ mod tests {
             pressure_some: Some(0.5),
             ..stalled(100, 70.0, 0.0, 0.7)
         };
-        let w = decide_wake(&mut state, &pressured, bounds(), &p, true);
+        let w = decide_wake(&mut state, &pressured, bounds(), &p, TRIGGER);
         assert_eq!(w.decision.map(|d| d.quota_millis), Some(200));
-        assert!(w.look_again);
+        assert_eq!(w.look_again, Some(STEPPED));
         assert_eq!(state.quiet_for, quiet, "a first step keeps the quiet clock");
         // Lasting load restarts it.
         decide_wake(
@@ -848,7 +887,7 @@ mod tests {
             &stalled(200, 200.0, 1.0, 1.0),
             bounds(),
             &p,
-            false,
+            STEPPED,
         );
         assert_eq!(state.quiet_for, Duration::ZERO);
     }
@@ -861,9 +900,64 @@ mod tests {
             &stalled(100, 20.0, 0.025, 0.2),
             bounds(),
             &policy(),
-            true,
+            TRIGGER,
         );
-        assert_eq!(w, WakeDecision::default());
+        assert_eq!(w, LOOK_ONLY);
+    }
+
+    /// The trigger fires on the first throttled periods; the span since the last tick
+    /// dilutes them below `cpu.throttledRatio`. Seen on the real kernel as the slowest
+    /// reactions (the next trigger came a PSI window later): it looks again instead.
+    #[test]
+    fn a_trigger_that_shows_no_stall_yet_looks_again_and_steps_then() {
+        let p = policy();
+        let b = bounds();
+        let mut state = CpuState::default();
+        // Span of the last tick: 1 of 40 active periods throttled.
+        let diluted = stalled(100, 20.0, 0.025, 0.2);
+        assert_eq!(decide_wake(&mut state, &diluted, b, &p, TRIGGER), LOOK_ONLY);
+        // 100 ms later: throttled in 3 of 10 periods, not yet lasting: one step, a look.
+        let w = decide_wake(&mut state, &stalled(100, 60.0, 0.3, 0.6), b, &p, UNSTEPPED);
+        assert_eq!(w.decision.map(|d| d.quota_millis), Some(200));
+        assert_eq!(w.look_again, Some(STEPPED));
+        // And then lasting: the busy level (the ceiling, never seen busy).
+        let w = decide_wake(&mut state, &stalled(200, 200.0, 1.0, 1.0), b, &p, STEPPED);
+        assert_eq!(
+            (w.decision.map(|d| d.quota_millis), w.look_again),
+            (Some(2000), None)
+        );
+    }
+
+    /// Every path through the wake-up ends within two looks of a trigger, with at most one
+    /// step before lasting load is seen.
+    #[test]
+    fn a_trigger_is_followed_by_at_most_two_looks_and_one_step() {
+        let p = policy();
+        let b = bounds();
+        let samples = [
+            stalled(100, 5.0, 0.0, 0.1),   // nothing
+            stalled(100, 60.0, 0.3, 0.6),  // a stall, not lasting
+            stalled(100, 100.0, 1.0, 1.0), // lasting
+        ];
+        for a in &samples {
+            for c in &samples {
+                for d in &samples {
+                    let mut state = CpuState::default();
+                    let (mut stage, mut looks, mut steps) = (Some(TRIGGER), 0, 0);
+                    for o in [a, c, d] {
+                        let Some(w) = stage else { break };
+                        let out = decide_wake(&mut state, o, b, &p, w);
+                        if out.decision.is_some() && out.look_again.is_some() {
+                            steps += 1;
+                        }
+                        looks += usize::from(out.look_again.is_some());
+                        stage = out.look_again;
+                    }
+                    assert!(stage.is_none(), "ends: {a:?} {c:?} {d:?}");
+                    assert!(looks <= 2 && steps <= 1, "{looks} looks {steps} steps");
+                }
+            }
+        }
     }
 
     #[test]
@@ -873,12 +967,12 @@ mod tests {
             &stalled(50, 50.0, 1.0, 1.0),
             bounds(),
             &policy(),
-            true,
+            TRIGGER,
         );
         let d = w.decision.unwrap();
         assert_eq!(
             (d.quota_millis, d.reason, w.look_again),
-            (100, Reason::Policy, false)
+            (100, Reason::Policy, None)
         );
     }
 
@@ -918,10 +1012,10 @@ mod tests {
         }
         assert_eq!(at_floor, Some(3), "2000 -> 200 -> 100 after 3 s quiet");
         // The burst: the first wake's span is diluted by the idle before it.
-        let first = decide_wake(&mut state, &stalled(100, 15.0, 0.2, 0.3), b, &p, true);
+        let first = decide_wake(&mut state, &stalled(100, 15.0, 0.2, 0.3), b, &p, TRIGGER);
         quota = first.decision.unwrap().quota_millis;
-        assert_eq!((quota, first.look_again), (200, true));
-        let again = decide_wake(&mut state, &stalled(200, 200.0, 1.0, 1.0), b, &p, false);
+        assert_eq!((quota, first.look_again), (200, Some(STEPPED)));
+        let again = decide_wake(&mut state, &stalled(200, 200.0, 1.0, 1.0), b, &p, STEPPED);
         quota = again.decision.unwrap().quota_millis;
         assert!(
             quota >= 1800,

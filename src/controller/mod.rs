@@ -7,7 +7,8 @@ pub(crate) mod memory;
 pub(crate) mod storm;
 
 pub(crate) use cpu::{
-    CpuBounds, CpuDecision, CpuObservation, CpuState, decide_cpu, decide_wake, fitting_workers,
+    CpuBounds, CpuDecision, CpuObservation, CpuState, Wake, decide_cpu, decide_wake,
+    fitting_workers,
 };
 pub(crate) use memory::{
     MemoryAction, MemoryBounds, MemoryDecision, MemoryEventsDelta, MemoryObservation, MemoryState,

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use crate::cgroup::{CgroupError, CpuMax};
 use crate::controller::storm::StormCandidate;
 use crate::controller::{
-    CpuBounds, CpuDecision, CpuObservation, CpuState, Direction, MemoryAction, Reason, decide_cpu,
-    decide_wake,
+    CpuBounds, CpuDecision, CpuObservation, CpuState, Direction, MemoryAction, Reason, Wake,
+    decide_cpu, decide_wake,
 };
 use crate::events::EventReason;
 use crate::ownership::{ContainerRecord, CpuMaxValue, Found, Limit};
@@ -161,8 +161,8 @@ pub(crate) struct StepOutcome {
     /// Sampling works again after failing.
     pub recovered: bool,
     /// A wake-up could not yet tell a lasting stall from a blip: look again in about a
-    /// period ([`ProxyCore::wake`]).
-    pub look_again: bool,
+    /// period, as this ([`ProxyCore::wake`]).
+    pub look_again: Option<Wake>,
 }
 
 impl StepOutcome {
@@ -270,8 +270,8 @@ impl ProxyCore {
         out
     }
 
-    /// The step of a proxy woken between ticks by its stall trigger (`first`) or looked at
-    /// again shortly after: samples its CPU, reconciles like a tick and plans growth only
+    /// The step of a proxy woken between ticks by its stall trigger or looked at again
+    /// shortly after (`wake`): samples its CPU, reconciles like a tick and plans growth only
     /// (`decide_wake`); memory and shrinking stay on the tick. Nothing in a dry run.
     pub(crate) fn wake(
         &mut self,
@@ -279,7 +279,7 @@ impl ProxyCore {
         record: &mut ContainerRecord,
         s: &Settings<'_>,
         now: Instant,
-        first: bool,
+        wake: Wake,
     ) -> StepOutcome {
         let mut out = StepOutcome::default();
         let at_ceiling = self
@@ -293,7 +293,7 @@ impl ProxyCore {
         let Some(sample) = self.sample(io, now, &mut out) else {
             return out;
         };
-        let (outside, plan, look_again) = self.plan(sample, record, s, now, Some(first));
+        let (outside, plan, look_again) = self.plan(sample, record, s, now, Some(wake));
         if outside {
             out.outside.push("cpu.max");
         }
@@ -347,7 +347,7 @@ impl ProxyCore {
         (outside, plan)
     }
 
-    /// [`ProxyCore::plan_cpu`] for a tick (`wake` `None`) or a wake-up (`Some(first)`); the
+    /// [`ProxyCore::plan_cpu`] for a tick (`wake` `None`) or a wake-up; the
     /// last value says whether a wake-up wants to look again.
     fn plan(
         &mut self,
@@ -355,8 +355,8 @@ impl ProxyCore {
         record: &mut ContainerRecord,
         s: &Settings<'_>,
         now: Instant,
-        wake: Option<bool>,
-    ) -> (bool, Option<CpuPlan>, bool) {
+        wake: Option<Wake>,
+    ) -> (bool, Option<CpuPlan>, Option<Wake>) {
         // Coexistence: a value neither original nor ours is someone else's; it becomes the
         // original (the record changes, and the journal is due a flush, only then).
         let was_touched = record.cpu_max.touched();
@@ -381,19 +381,19 @@ impl ProxyCore {
             .and_then(|prev| cpu_observation(prev, &sample, in_force));
         self.prev = Some(sample);
         let Some(obs) = obs else {
-            return (outside, None, false);
+            return (outside, None, None);
         };
         self.last_obs = Some(obs);
         if let Some(until) = self.backoff_until {
             if now < until {
-                return (outside, None, false);
+                return (outside, None, None);
             }
             self.backoff_until = None;
         }
         let (decision, look_again) = match wake {
-            None => (decide_cpu(&mut self.cpu, &obs, bounds, s.cpu), false),
-            Some(first) => {
-                let w = decide_wake(&mut self.cpu, &obs, bounds, s.cpu, first);
+            None => (decide_cpu(&mut self.cpu, &obs, bounds, s.cpu), None),
+            Some(wake) => {
+                let w = decide_wake(&mut self.cpu, &obs, bounds, s.cpu, wake);
                 (w.decision, w.look_again)
             }
         };

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::cgroup::{CgroupError, MemoryStat};
-use crate::controller::Reason;
+use crate::controller::{Reason, Wake};
 use crate::ownership::Owned;
 use crate::policy::Policy;
 use crate::sampler::MemoryRaw;
@@ -365,8 +365,10 @@ fn a_wake_up_at_the_ceiling_reads_nothing_and_below_it_grows_only() {
     };
     let samples = p.fake.cpu_samples;
     let at = p.now() + Duration::from_millis(300);
-    let out = p.core.wake(&mut p.fake, &mut p.record, &settings, at, true);
-    assert!(out.cpu.is_none() && !out.look_again);
+    let out = p
+        .core
+        .wake(&mut p.fake, &mut p.record, &settings, at, Wake::Trigger);
+    assert!(out.cpu.is_none() && out.look_again.is_none());
     assert_eq!(p.fake.cpu_samples, samples, "nothing read at the ceiling");
     // Idle: it shrinks on ticks; a wake-up while idle (no stall) never shrinks it further.
     for _ in 0..40 {
@@ -376,7 +378,9 @@ fn a_wake_up_at_the_ceiling_reads_nothing_and_below_it_grows_only() {
     assert!(low < 2000);
     p.fake.run(5.0, 100 * MI);
     let at = p.now() + Duration::from_millis(500);
-    let out = p.core.wake(&mut p.fake, &mut p.record, &settings, at, true);
+    let out = p
+        .core
+        .wake(&mut p.fake, &mut p.record, &settings, at, Wake::Trigger);
     assert_eq!(
         p.fake.cpu_samples,
         samples + 41,
@@ -386,7 +390,9 @@ fn a_wake_up_at_the_ceiling_reads_nothing_and_below_it_grows_only() {
     // Stalled (1.5 cores of demand on the floor): growth, reason stall.
     p.fake.run(1500.0, 100 * MI);
     let at = at + Duration::from_millis(900);
-    let out = p.core.wake(&mut p.fake, &mut p.record, &settings, at, true);
+    let out = p
+        .core
+        .wake(&mut p.fake, &mut p.record, &settings, at, Wake::Trigger);
     let plan = out.cpu.expect("a stalled proxy grows between ticks");
     assert_eq!(
         (plan.decision.direction, plan.decision.reason),

@@ -17,8 +17,9 @@
 # printed, not asserted.
 #
 # Knobs (kernel command line sg.latency_NAME=VALUE, from the host's SG_LATENCY_NAME):
-#   idle (40, seconds), burst (10), bursts (3 a regime), connections (16), scale_down (10s),
-#   step_down (0.1, the governed regime's cpu.stepDown),
+#   idle (40, seconds), burst (10), bursts (3 a regime), connections (16), scale_down (2s) and
+#   step_down (0.9): the governed regime's cpu.scaleDownAfter and cpu.stepDown (those of
+#   examples/policies/latency.yaml; the policy's defaults are 30s and 0.1),
 #   reaction_bursts (50), reaction_load (3, seconds of load a burst), reaction_settle (2,
 #   seconds at the floor before each), reaction_scale_down (1s), reaction_step_down (0.9).
 set -eu
@@ -43,8 +44,8 @@ IDLE=$(secs_knob idle 40)
 BURST=$(secs_knob burst 10)
 BURSTS=$(secs_knob bursts 3)
 CONNS=$(secs_knob connections 16)
-SCALE_DOWN=$(knob scale_down 10s)
-STEP_DOWN=$(knob step_down 0.1)
+SCALE_DOWN=$(knob scale_down 2s)
+STEP_DOWN=$(knob step_down 0.9)
 R_BURSTS=$(secs_knob reaction_bursts 50)
 R_LOAD=$(secs_knob reaction_load 3)
 R_SETTLE=$(secs_knob reaction_settle 2)
@@ -226,7 +227,7 @@ R_P50=$(field p50_ms)
 R_P99=$(field p99_ms)
 echo "REACTION n=${R_N:--} p50_ms=${R_P50:--} p99_ms=${R_P99:--} max_ms=$(field max_ms) bursts=$(field bursts)/$R_BURSTS misses=$(field misses) unthrottled=$(field unthrottled) load_to_raise_p50_ms=$(field load_p50_ms) poll_avg_ms=$(field poll_avg_ms)"
 sg_expect "reaction probe exit (0: every burst started from the floor)" "$probe_rc" 0
-sg_expect "reaction bursts measured" "$(field bursts)" "$R_BURSTS"
+sg_expect "reaction bursts timed (throttled at the floor, then raised)" "$(field raised)" "$R_BURSTS"
 sg_expect "reaction bursts whose load ended before the quota was raised" "$(field misses)" 0
 
 sg_trace_stop
@@ -236,7 +237,7 @@ sg_check_restored "after SIGTERM"
 sg_untouched_snapshot "$APP" "$POD" "$(dirname "$POD")" "$CG/kubepods" >"$SG_RUN/untouched.now"
 sg_check "app, pod and QoS cgroups unchanged" cmp -s "$SG_RUN/untouched.before" "$SG_RUN/untouched.now"
 
-# The issue's targets beside the figures (not asserted yet: the sub-tick wake-up is not there).
+# The issue's targets beside the figures (printed, not asserted: TCG figures on a shared host).
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f\n", a / b }'; }
 echo "TARGET p99 governed/unlimited = $(ratio "$G_P99" "$U_P99")x (${G_P99} / ${U_P99} ms; issue 11: <= 1.5x, goal 1.1x); static 200m/unlimited = $(ratio "$S_P99" "$U_P99")x"
 echo "TARGET governed idle quota average = ${G_IDLE}m over ${IDLE}s idle periods, scaleDownAfter $SCALE_DOWN (issue 11: <= 300m over 40 s from 2 cores)"
