@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::actuator::{self, RestoreReport};
+use crate::controller::growth::GrowthChange;
 use crate::controller::storm::{self, StormDetector};
 use crate::controller::{Reason, Wake};
 use crate::discovery::{Discovery, Proxy};
@@ -31,7 +32,7 @@ use crate::metrics::ErrorKind;
 use crate::ownership::{ContainerRecord, Owned};
 use crate::policy::{Mode, Policy, Standing};
 use crate::proxy::{CgroupIo, CpuPlan, CpuWrite, MemoryPlan, ProxyCore, Settings, StepOutcome};
-use crate::quantity::format_cpu_millis;
+use crate::quantity::{format_bytes, format_cpu_millis, format_duration};
 use crate::sampler::{MemoryFiles, ProxyFiles};
 use crate::server::{ProxyView, Shared, now_unix};
 use crate::wake::StallWatch;
@@ -564,6 +565,21 @@ impl Agent {
             since_start_ms = proxy.started_at_ms.map(|t| unix_millis().saturating_sub(t)),
             "governing proxy"
         );
+        // kubelet's Memory QoS (cgroup v2, feature gate MemoryQoS) writes memory.high into the
+        // container when it creates it; so may another manager. Either way it is the original
+        // and the ceiling: the agent only ever places memory.high below it, and a later change
+        // of it is someone else's (adopted, backed off from).
+        if let Some(high) = record
+            .memory_high
+            .filter(|h| !h.touched())
+            .and_then(|h| h.original.0)
+        {
+            info!(
+                cgroup = proxy.key,
+                memory_high = %format_bytes(high),
+                "memory.high was set before the agent (kubelet Memory QoS or another manager): kept as the original and the ceiling"
+            );
+        }
         for problem in &proxy.control_errors {
             warn!(
                 namespace = proxy.id.namespace,
@@ -666,6 +682,44 @@ impl Agent {
                 g.proxy.id.container
             ),
         ));
+    }
+
+    /// The growth watch found steady growth of a proxy's unreclaimable memory (the leak
+    /// shape), or saw it end: tell (a Warning Event on the pod when found).
+    fn tell_growth(&self, key: &str, change: GrowthChange) {
+        let Some(g) = self.governed.get(key) else {
+            return;
+        };
+        match change {
+            GrowthChange::Started { grew, over, now } => {
+                let rate = GrowthChange::per_hour(grew, over);
+                warn!(
+                    cgroup = key,
+                    grew = %format_bytes(grew),
+                    over = %format_duration(over),
+                    unreclaimable = %format_bytes(now),
+                    "unreclaimable memory grows steadily (the leak shape); memory.high is no longer probed down"
+                );
+                self.shared.metrics.memory_growth_found.inc();
+                self.events.emit(PodEvent::about(
+                    &g.proxy.id,
+                    EventReason::MemoryGrowing,
+                    format!(
+                        "Unreclaimable memory of container {} grew steadily by {} over {} (about {}/h), to {}: the shape of a proxy memory leak. memory.high is not lowered while it lasts; the container's memory limit still applies",
+                        g.proxy.id.container,
+                        format_bytes(grew),
+                        format_duration(over),
+                        format_bytes(rate),
+                        format_bytes(now)
+                    ),
+                ));
+            }
+            GrowthChange::Ended { now } => info!(
+                cgroup = key,
+                unreclaimable = %format_bytes(now),
+                "unreclaimable memory stopped growing; memory.high is probed down again when quiet"
+            ),
+        }
     }
 
     /// Stops governing `key`. With `release`, a container that still exists gets its
@@ -855,6 +909,9 @@ impl Agent {
         }
         if !out.outside.is_empty() {
             self.tell_outside(key, &out.outside.join(", "));
+        }
+        if let Some(change) = out.growth {
+            self.tell_growth(key, change);
         }
         out
     }
@@ -1111,6 +1168,9 @@ impl Agent {
                     if let Some(pr) = r.pressure {
                         m.memory_pressure_ratio.get_or_create(&g.proxy.id).set(pr);
                     }
+                    m.memory_growing
+                        .get_or_create(&g.proxy.id)
+                        .set(i64::from(mm.growth.growing));
                 }
                 if i == views.len() {
                     views.push(ProxyView::default());

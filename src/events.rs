@@ -34,6 +34,8 @@ pub enum EventReason {
     Conflict,
     /// The proxy runs more workers than its CPU limit can serve.
     WorkersUnfit,
+    /// The proxy's unreclaimable memory grows steadily (the leak shape).
+    MemoryGrowing,
 }
 
 impl EventReason {
@@ -45,6 +47,7 @@ impl EventReason {
             EventReason::Restored => "SidecarLimitsRestored",
             EventReason::Conflict => "SidecarLimitConflict",
             EventReason::WorkersUnfit => "SidecarConcurrencyTooHigh",
+            EventReason::MemoryGrowing => "SidecarMemoryGrowing",
         }
     }
 
@@ -54,13 +57,15 @@ impl EventReason {
             EventReason::ScaledUp | EventReason::AtFloor => "ResizeCPU",
             EventReason::Restored => "Restore",
             EventReason::Conflict => "BackOff",
-            EventReason::WorkersUnfit => "Advise",
+            EventReason::WorkersUnfit | EventReason::MemoryGrowing => "Advise",
         }
     }
 
     fn event_type(self) -> EventType {
         match self {
-            EventReason::Conflict | EventReason::WorkersUnfit => EventType::Warning,
+            EventReason::Conflict | EventReason::WorkersUnfit | EventReason::MemoryGrowing => {
+                EventType::Warning
+            }
             _ => EventType::Normal,
         }
     }

@@ -128,6 +128,9 @@ pub struct Metrics {
     pub memory_usage_bytes: Family<ProxyLabels, FloatGauge>,
     pub memory_max_bytes: Family<ProxyLabels, FloatGauge>,
     pub memory_pressure_ratio: Family<ProxyLabels, FloatGauge>,
+    /// 1 while a proxy's unreclaimable memory grows steadily (the leak shape).
+    pub memory_growing: Family<ProxyLabels, Gauge>,
+    pub memory_growth_found: Counter,
     pub push_storms: Counter,
     /// Proxies watched by a PSI stall trigger.
     pub stall_triggers: Gauge,
@@ -170,6 +173,8 @@ impl Metrics {
             memory_usage_bytes: Family::default(),
             memory_max_bytes: Family::default(),
             memory_pressure_ratio: Family::default(),
+            memory_growing: Family::default(),
+            memory_growth_found: Counter::default(),
             push_storms: Counter::default(),
             stall_triggers: Gauge::default(),
             wakeups: Family::default(),
@@ -212,6 +217,16 @@ impl Metrics {
             "memory_pressure_ratio",
             "Share of the last tick some task stalled on memory (memory.pressure some)",
             m.memory_pressure_ratio.clone(),
+        );
+        registry.register(
+            "memory_growing",
+            "1 while the proxy's unreclaimable memory grows steadily (memory.growth: the leak shape; memory.high is not probed down meanwhile)",
+            m.memory_growing.clone(),
+        );
+        registry.register(
+            "memory_growth_found",
+            "Times steady growth of a proxy's unreclaimable memory was found (each also a SidecarMemoryGrowing Event)",
+            m.memory_growth_found.clone(),
         );
         registry.register(
             "push_storms",
@@ -389,6 +404,7 @@ impl Metrics {
         self.memory_usage_bytes.remove(labels);
         self.memory_max_bytes.remove(labels);
         self.memory_pressure_ratio.remove(labels);
+        self.memory_growing.remove(labels);
     }
 
     /// Marks `source` as the discovery source in use.

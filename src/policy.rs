@@ -59,6 +59,7 @@ pub const DURATION_BOUNDS: &[(&str, DurationBounds)] = &[
     ("memory.probeInterval", bounds(secs(1), secs(3600))),
     ("memory.writeTimeout", bounds(ms(10), secs(30))),
     ("memory.timeoutBackoff", bounds(secs(1), secs(24 * 3600))),
+    ("memory.growth.window", bounds(secs(10), secs(24 * 3600))),
 ];
 
 /// `cpu.pushStorm.minProxies`: a storm is several proxies, and a node holds a few thousand.
@@ -200,6 +201,16 @@ struct RawMemory {
     shrink_with: Option<ShrinkWith>,
     write_timeout: Option<Scalar>,
     timeout_backoff: Option<Scalar>,
+    growth: Option<RawGrowth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawGrowth {
+    enabled: Option<bool>,
+    window: Option<Scalar>,
+    min_growth: Option<Scalar>,
+    steady: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -588,6 +599,21 @@ pub struct MemoryPolicy {
     pub write_timeout: Duration,
     /// After a write timed out, leave the cgroup's memory alone this long.
     pub timeout_backoff: Duration,
+    pub growth: GrowthPolicy,
+}
+
+/// Steady growth of a proxy's unreclaimable memory (the leak shape): reported (an Event and
+/// a metric), and the proxy's `memory.high` no longer probed down while it lasts.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct GrowthPolicy {
+    pub enabled: bool,
+    /// Growth must hold over this whole window (sampled 30 times in it: one `memory.stat`
+    /// read a proxy, at most one a tick)...
+    pub window: Duration,
+    /// ...adding at least this many bytes...
+    pub min_growth_bytes: u64,
+    /// ...with at least this share of the samples at or above the one before.
+    pub steady: f64,
 }
 
 impl Default for Policy {
@@ -645,6 +671,12 @@ impl Default for Policy {
                 shrink_with: ShrinkWith::High,
                 write_timeout: Duration::from_secs(2),
                 timeout_backoff: Duration::from_secs(300),
+                growth: GrowthPolicy {
+                    enabled: true,
+                    window: Duration::from_secs(30 * 60),
+                    min_growth_bytes: 32 << 20,
+                    steady: 0.8,
+                },
             },
             overrides: Vec::new(),
         }
@@ -1072,6 +1104,27 @@ impl Policy {
         w
     }
 
+    fn check_growth(r: RawGrowth, d: &GrowthPolicy, c: &mut Checker) -> GrowthPolicy {
+        let g = GrowthPolicy {
+            enabled: r.enabled.unwrap_or(d.enabled),
+            window: c.duration("memory.growth.window", r.window.as_ref(), d.window),
+            min_growth_bytes: c.parsed(
+                "memory.growth.minGrowth",
+                r.min_growth.as_ref(),
+                d.min_growth_bytes,
+                parse_bytes,
+            ),
+            steady: c.ratio("memory.growth.steady", r.steady.as_ref(), d.steady, 1.0),
+        };
+        if g.min_growth_bytes < 1 << 20 {
+            c.fail(
+                "memory.growth.minGrowth",
+                "must be at least 1Mi (smaller growth is the kernel's counting noise)",
+            );
+        }
+        g
+    }
+
     fn check_memory(r: RawMemory, d: &MemoryPolicy, c: &mut Checker) -> MemoryPolicy {
         let m = MemoryPolicy {
             enabled: r.enabled.unwrap_or(d.enabled),
@@ -1117,6 +1170,7 @@ impl Policy {
                 r.timeout_backoff.as_ref(),
                 d.timeout_backoff,
             ),
+            growth: Self::check_growth(r.growth.unwrap_or_default(), &d.growth, c),
         };
         if m.min_bytes > m.max_bytes {
             c.fail(
@@ -1766,6 +1820,15 @@ cpu:
             "1s and 24h",
             |p| p.memory.timeout_backoff,
         ),
+        (
+            "memory.growth.window",
+            "10s",
+            "24h",
+            "9s",
+            "25h",
+            "10s and 24h",
+            |p| p.memory.growth.window,
+        ),
     ];
 
     #[test]
@@ -1792,6 +1855,33 @@ cpu:
         listed.sort_unstable();
         bounded.sort_unstable();
         assert_eq!(listed, bounded);
+    }
+
+    #[test]
+    fn the_growth_watch_is_configured_under_memory() {
+        let p = Policy::from_yaml(
+            "memory:\n  growth:\n    window: 10m\n    minGrowth: 64Mi\n    steady: 0.9\n",
+        )
+        .unwrap();
+        let g = p.memory.growth;
+        assert!(g.enabled);
+        assert_eq!(
+            (g.window, g.min_growth_bytes, g.steady),
+            (Duration::from_secs(600), 64 << 20, 0.9)
+        );
+        assert_eq!(
+            errors("memory:\n  growth:\n    minGrowth: 512Ki\n"),
+            vec![
+                "memory.growth.minGrowth: must be at least 1Mi (smaller growth is the kernel's counting noise)"
+            ]
+        );
+        let e = errors("memory:\n  growth:\n    steady: 1.5\n");
+        assert!(e[0].starts_with("memory.growth.steady:"), "{e:?}");
+        let e = errors("memory:\n  growth:\n    sampleEvery: 1m\n");
+        assert!(
+            e[0].starts_with("memory.growth.sampleEvery: unknown field"),
+            "{e:?}"
+        );
     }
 
     #[test]

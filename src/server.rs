@@ -60,6 +60,8 @@ pub struct ProxyView {
     pub memory_high_bytes: Option<u64>,
     pub memory_usage_bytes: Option<u64>,
     pub memory_pressure_ratio: Option<f64>,
+    /// Its unreclaimable memory grows steadily (memory.growth).
+    pub memory_growing: bool,
     pub backoff: bool,
     pub last_action: Option<ActionView>,
 }

@@ -76,6 +76,8 @@ pub struct ProxyStatus {
     #[serde(default)]
     pub memory_usage_bytes: Option<u64>,
     #[serde(default)]
+    pub memory_growing: bool,
+    #[serde(default)]
     pub backoff: bool,
     #[serde(default)]
     pub last_action: Option<Action>,
@@ -210,6 +212,9 @@ pub fn render(status: &AgentStatus, now: u64) -> String {
         });
         if p.backoff {
             action.push_str(" [backing off]");
+        }
+        if p.memory_growing {
+            action.push_str(" [memory growing]");
         }
         let mut row = vec![
             namespace,

@@ -678,3 +678,188 @@ fn linkerd_workers_come_from_its_environment() {
     // Envoy's come from its command line.
     assert_eq!(workers(&envoy.rel), Some(2));
 }
+
+/// Events offered by the agent, kept for the test.
+#[derive(Debug, Default)]
+struct Recorded(std::sync::Mutex<Vec<sidecar_governor::events::PodEvent>>);
+
+impl sidecar_governor::events::EventSink for Recorded {
+    fn emit(&self, event: sidecar_governor::events::PodEvent) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+/// The leak shape (issue 11): anon grows a MiB a second over a page cache the probes would
+/// drop. Found over the growth window (30 s here, sampled every second): one Warning Event, the metric, and `memory.high` no
+/// longer probed down; once the growth stops and the window forgets it, probing resumes.
+#[test]
+fn steady_growth_of_unreclaimable_memory_is_told_and_not_squeezed() {
+    use sidecar_governor::events::EventReason;
+    const MI: u64 = 1 << 20;
+    let mut node = Node::new();
+    let mut envoy = proxy(&mut node, 1, 1);
+    let p = Policy::from_yaml(
+        "interval: 1s\nmatch:\n  rescanInterval: 1s\nmemory:\n  settleAfter: 3s\n  scaleDownAfter: 3s\n  probeInterval: 1s\n  stepDown: 0.05\n  growth:\n    window: 30s\n    minGrowth: 8Mi\n",
+    )
+    .unwrap();
+    let mut h = Harness::new(&node, p, false);
+    let sink = std::sync::Arc::new(Recorded::default());
+    h.agent.set_events(sink.clone());
+    let high = |c: &Container| {
+        std::fs::read_to_string(c.dir.join("memory.high"))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
+    let growing = |h: &Harness| {
+        h.metrics()
+            .lines()
+            .find(|l| l.starts_with("sidecar_governor_memory_growing{"))
+            .map(|l| l.ends_with(" 1"))
+    };
+    let mut anon = 40 * MI;
+    let mut second = |envoy: &mut Container, h: &mut Harness, grow: u64| {
+        anon += grow;
+        let file = 200 * MI;
+        std::fs::write(
+            envoy.dir.join("memory.current"),
+            format!("{}\n", anon + file),
+        )
+        .unwrap();
+        std::fs::write(
+            envoy.dir.join("memory.stat"),
+            format!("anon {anon}\nfile {file}\nkernel 0\nsock 0\nshmem 0\n"),
+        )
+        .unwrap();
+        run(h, &mut [&mut *envoy], 1, |_, _| 5);
+    };
+    let mut found_at = None;
+    let mut highs = Vec::new();
+    for t in 0..40 {
+        second(&mut envoy, &mut h, MI);
+        highs.push(high(&envoy));
+        if found_at.is_none() && growing(&h) == Some(true) {
+            found_at = Some(t);
+        }
+    }
+    let at = found_at.expect("steady growth found");
+    assert!((29..=32).contains(&at), "a whole window first: {at}");
+    let events = sink.0.lock().unwrap().clone();
+    let told: Vec<_> = events
+        .iter()
+        .filter(|e| e.reason == EventReason::MemoryGrowing)
+        .collect();
+    assert_eq!(told.len(), 1, "{events:?}");
+    assert!(
+        told[0].message.contains("grew steadily"),
+        "{}",
+        told[0].message
+    );
+    assert!(
+        h.metrics()
+            .contains("sidecar_governor_memory_growth_found_total 1"),
+        "{}",
+        h.metrics()
+    );
+    // Probed down before it was found (200 MiB of cache to drop), never after.
+    let before: Vec<_> = highs[..at].iter().flatten().collect();
+    assert!(
+        before.windows(2).any(|w| w[1] < w[0]),
+        "probes ran before: {highs:?}"
+    );
+    let after: Vec<_> = highs[at + 1..].iter().flatten().collect();
+    assert!(
+        after.windows(2).all(|w| w[1] >= w[0]),
+        "not squeezed after: {highs:?}"
+    );
+    // The growth stops: once the window holds under half of minGrowth it has ended, and
+    // probing resumes.
+    let held = high(&envoy).unwrap();
+    for _ in 0..40 {
+        second(&mut envoy, &mut h, 0);
+    }
+    assert_eq!(growing(&h), Some(false));
+    assert!(high(&envoy).unwrap() < held, "probed down again");
+    let out = h.agent.shutdown();
+    assert!(out.clean(), "{out:?}");
+    assert_eq!(high(&envoy), None, "memory.high back to max");
+}
+
+/// kubelet's Memory QoS (issue 11) writes `memory.high` into the container when it creates
+/// it: requests 64Mi, limit 256Mi, throttling factor 0.9 give 236.8Mi (page-rounded). The
+/// agent takes it as the original and the ceiling: it never raises above it, even when use
+/// presses on it; a later kubelet write (an in-place resize) is adopted, not fought, and is
+/// what SIGTERM leaves.
+#[test]
+fn kubelet_memory_qos_is_the_original_and_the_ceiling() {
+    const MI: u64 = 1 << 20;
+    let kubelet = (64 * MI + (192 * MI * 9) / 10) / 4096 * 4096;
+    let mut node = Node::new();
+    let mut envoy = proxy(&mut node, 1, 1);
+    let write = |c: &Container, file: &str, v: String| {
+        std::fs::write(c.dir.join(file), format!("{v}\n")).unwrap();
+    };
+    let read = |c: &Container| std::fs::read_to_string(c.dir.join("memory.high")).unwrap();
+    write(&envoy, "memory.high", kubelet.to_string());
+    write(&envoy, "memory.max", (256 * MI).to_string());
+    let p = Policy::from_yaml(
+        "interval: 1s\nmatch:\n  rescanInterval: 1s\ncpu:\n  conflictBackoff: 2s\nmemory:\n  settleAfter: 3s\n",
+    )
+    .unwrap();
+    let mut h = Harness::new(&node, p, false);
+    // Quiet at 100Mi (80 anon): placed at peak + 25% = 125Mi, under kubelet's value.
+    let use_ = |c: &Container, anon: u64, file: u64| {
+        write(c, "memory.current", (anon + file).to_string());
+        write(
+            c,
+            "memory.stat",
+            format!("anon {anon}\nfile {file}\nkernel 0\nsock 0\nshmem 0"),
+        );
+    };
+    use_(&envoy, 80 * MI, 20 * MI);
+    run(&mut h, &mut [&mut envoy], 6, |_, _| 5);
+    assert_eq!(read(&envoy).trim(), (125 * MI).to_string(), "placed below");
+    let journal = Journal::load(&node.state).unwrap();
+    let record = journal.container(&envoy.rel).unwrap();
+    assert_eq!(
+        record.memory_high.unwrap().original.to_string(),
+        kubelet.to_string(),
+        "kubelet's value is the original"
+    );
+    // Anon grows to 230Mi, past kubelet's line minus the margin: raised, to kubelet's
+    // value at most.
+    for anon in [150, 190, 220, 230] {
+        use_(&envoy, anon * MI, 5 * MI);
+        run(&mut h, &mut [&mut envoy], 2, |_, _| 5);
+        let high: u64 = read(&envoy).trim().parse().unwrap();
+        assert!(high <= kubelet, "{high} above kubelet's {kubelet}");
+    }
+    assert_eq!(
+        read(&envoy).trim(),
+        kubelet.to_string(),
+        "raised to the ceiling"
+    );
+    // kubelet resizes the pod: memory.high 300Mi. Adopted (a conflict), never written over.
+    let resized = 300 * MI;
+    write(&envoy, "memory.high", resized.to_string());
+    use_(&envoy, 100 * MI, 5 * MI);
+    run(&mut h, &mut [&mut envoy], 1, |_, _| 5);
+    assert!(
+        h.metrics().contains("sidecar_governor_conflicts_total 1"),
+        "{}",
+        h.metrics()
+    );
+    // Nothing of the agent's is left to restore there: the record holds kubelet's value or
+    // is gone.
+    let journal = Journal::load(&node.state).unwrap();
+    if let Some(h) = journal.container(&envoy.rel).and_then(|r| r.memory_high) {
+        assert_eq!(h.original.to_string(), resized.to_string());
+        assert!(!h.touched());
+    }
+    run(&mut h, &mut [&mut envoy], 1, |_, _| 5);
+    assert_eq!(read(&envoy).trim(), resized.to_string(), "backed off");
+    let out = h.agent.shutdown();
+    assert!(out.clean(), "{out:?}");
+    assert_eq!(read(&envoy).trim(), resized.to_string(), "kubelet's latest");
+}

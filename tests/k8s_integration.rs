@@ -656,6 +656,7 @@ async fn status_reads_the_real_debug_endpoint() {
         memory_high_bytes: Some(96 << 20),
         memory_usage_bytes: Some(64 << 20),
         memory_pressure_ratio: Some(0.0),
+        memory_growing: false,
         backoff: false,
         last_action: Some(sidecar_governor::server::ActionView {
             resource: "cpu",

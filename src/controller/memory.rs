@@ -33,6 +33,8 @@ pub(crate) struct MemoryObservation {
     pub events: MemoryEventsDelta,
     /// `memory.stat`, read only when [`wants_stat`] asked for it.
     pub stat: Option<MemoryStat>,
+    /// Its unreclaimable memory grows steadily ([`super::growth`]): not probed down.
+    pub growing: bool,
 }
 
 /// The range `memory.high` may move in, in bytes.
@@ -242,6 +244,12 @@ pub(crate) fn decide_memory(
         return set(bounds.floor, Direction::Up, Reason::Policy);
     }
 
+    // Steady growth of what cannot be reclaimed (the leak shape): squeezing it only makes
+    // it stall sooner. Reported by the caller; the way up above stays open.
+    if obs.growing {
+        state.quiet_for = Duration::ZERO;
+        return None;
+    }
     // Quiet: probe downward, at most one step per probe interval.
     if pressure < p.pressure_threshold / 2.0 {
         state.quiet_for += obs.elapsed;
@@ -307,6 +315,7 @@ mod tests {
             pressure_some: Some(0.0),
             events: MemoryEventsDelta::default(),
             stat: stat_,
+            growing: false,
         }
     }
 
@@ -406,6 +415,41 @@ mod tests {
         }
         assert_eq!(high, 20 * MI + p.margin_bytes, "stops at anon + margin");
         assert!(writes > 5);
+    }
+
+    /// Steady growth of anon (the leak shape, found by the growth watch): never squeezed,
+    /// while the way up stays open.
+    #[test]
+    fn a_growing_proxy_is_not_probed_down_but_still_raised() {
+        let p = policy();
+        let mut s = MemoryState {
+            watched_for: p.settle_after,
+            placed: true,
+            quiet_for: p.scale_down_after,
+            since_probe: p.probe_interval,
+            ..Default::default()
+        };
+        // Quiet for long, 100 MiB of cache to drop: a probe is due, but it is growing.
+        let growing = |current, anon| MemoryObservation {
+            growing: true,
+            ..obs(current, Some(400 * MI), Some(stat(anon, current - anon)))
+        };
+        assert_eq!(
+            decide_memory(&mut s, &growing(300 * MI, 200 * MI), bounds(), &p),
+            None
+        );
+        // Without the growth the same sample probes down.
+        let mut t = s.clone();
+        t.quiet_for = p.scale_down_after;
+        let plain = MemoryObservation {
+            growing: false,
+            ..growing(300 * MI, 200 * MI)
+        };
+        let d = decide_memory(&mut t, &plain, bounds(), &p).expect("a probe");
+        assert_eq!((d.direction, d.reason), (Direction::Down, Reason::Idle));
+        // Grown to within the margin of the limit: raised as any proxy is.
+        let d = decide_memory(&mut s, &growing(395 * MI, 390 * MI), bounds(), &p).expect("raise");
+        assert_eq!((d.direction, d.reason), (Direction::Up, Reason::NearLimit));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! passed in, so each rule is tested tick by tick with plain tables.
 
 pub(crate) mod cpu;
+pub(crate) mod growth;
 pub(crate) mod memory;
 pub(crate) mod storm;
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use super::{Problem, ProxyCore, ProxyIo, Settings, StepOutcome};
 use crate::actuator;
 use crate::cgroup::CgroupError;
+use crate::controller::growth::GrowthWatch;
 use crate::controller::{
     Direction, MemoryAction, MemoryBounds, MemoryDecision, MemoryObservation, MemoryState, Reason,
     decide_memory, wants_stat,
@@ -32,6 +33,9 @@ pub(crate) struct MemoryCore {
     busy_until: Option<Instant>,
     /// Last reading, for metrics and the debug view.
     pub last: Option<MemoryReading>,
+    /// Steady growth of its unreclaimable memory (kept across back-offs and restores: the
+    /// proxy's memory is what it is, whoever holds its limit).
+    pub growth: GrowthWatch,
 }
 
 /// What the last step saw.
@@ -83,6 +87,7 @@ impl MemoryCore {
             limit,
             busy_until: None,
             last: None,
+            growth: GrowthWatch::default(),
         }
     }
 
@@ -188,7 +193,8 @@ impl ProxyCore {
             raw.high
         };
         let policy = s.memory;
-        let stat = if wants_stat(&m.state, elapsed, raw.current, in_force, policy) {
+        let growth_due = m.growth.tick(elapsed, &policy.growth);
+        let stat = if growth_due || wants_stat(&m.state, elapsed, raw.current, in_force, policy) {
             match io.read_memory_stat() {
                 Ok(v) => Some(v),
                 Err(e) if e.is_gone() => return Err(()),
@@ -204,6 +210,9 @@ impl ProxyCore {
         } else {
             None
         };
+        if let Some(st) = stat.filter(|_| growth_due) {
+            out.growth = m.growth.observe(st.unreclaimable(), &policy.growth);
+        }
         let obs = MemoryObservation {
             elapsed,
             current: raw.current,
@@ -211,6 +220,7 @@ impl ProxyCore {
             pressure_some: pressure,
             events,
             stat,
+            growing: m.growth.growing,
         };
         let bounds = MemoryBounds::new(policy, m.limit, original.0);
         let Some(decision) = decide_memory(&mut m.state, &obs, bounds, policy) else {

@@ -24,6 +24,7 @@ mod memory;
 use std::time::{Duration, Instant};
 
 use crate::cgroup::{CgroupError, CpuMax};
+use crate::controller::growth::GrowthChange;
 use crate::controller::storm::StormCandidate;
 use crate::controller::{
     CpuBounds, CpuDecision, CpuObservation, CpuState, Direction, MemoryAction, Reason, Wake,
@@ -163,6 +164,8 @@ pub(crate) struct StepOutcome {
     /// A wake-up could not yet tell a lasting stall from a blip: look again in about a
     /// period, as this ([`ProxyCore::wake`]).
     pub look_again: Option<Wake>,
+    /// The growth watch found steady growth of its unreclaimable memory, or its end.
+    pub growth: Option<GrowthChange>,
 }
 
 impl StepOutcome {
@@ -502,6 +505,7 @@ impl ProxyCore {
         v.memory_high_bytes = self.mem.as_ref().and_then(|m| m.shown_high(dry_run));
         v.memory_usage_bytes = reading.map(|r| r.current);
         v.memory_pressure_ratio = reading.and_then(|r| r.pressure);
+        v.memory_growing = self.mem.as_ref().is_some_and(|m| m.growth.growing);
         v.backoff = self.backoff_until.is_some();
         if v.last_action != self.last_action {
             v.last_action.clone_from(&self.last_action);
