@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::actuator::{self, RestoreReport};
+use crate::controller::cpu::LOOK_AGAIN;
 use crate::controller::growth::GrowthChange;
 use crate::controller::storm::{self, StormDetector};
 use crate::controller::{Reason, Wake};
-use crate::discovery::{Discovery, Proxy};
+use crate::discovery::{Discovery, Proxy, ProxyClass, classify};
 use crate::events::{EventReason, EventSink, NoEvents, PodEvent};
 use crate::journal::{Journal, JournalError};
 use crate::metrics::ErrorKind;
@@ -37,9 +38,9 @@ use crate::sampler::{MemoryFiles, ProxyFiles};
 use crate::server::{ProxyView, Shared, now_unix};
 use crate::wake::StallWatch;
 
-/// A wake-up that could not tell a lasting stall from a blip looks again this much later:
-/// about one enforcement period, so the second sample spans the stall alone.
-const LOOK_AGAIN: Duration = Duration::from_millis(100);
+/// The most proxies looked at again between ticks at once (each look is one sample of its
+/// `cpu.stat`, `cpu.max` and `cpu.pressure`: 64 every 100 ms is a few ms of CPU a second).
+const MAX_BLIND_LOOKS_PENDING: usize = 64;
 
 /// What the control loop can be told.
 #[derive(Debug)]
@@ -442,6 +443,18 @@ impl Agent {
                 !leave
             })
             .filter(|p| p.id.namespace.is_empty() || !excluded.contains(&p.id.namespace))
+            .filter_map(|mut p| {
+                let Some(class) = classify(&p, &policy.matching) else {
+                    debug!(
+                        cgroup = p.key,
+                        namespace = p.id.namespace,
+                        "ztunnel without a runtime identity in match.ztunnelNamespaces; not governed"
+                    );
+                    return None;
+                };
+                p.class = class;
+                Some(p)
+            })
             .map(|p| {
                 let mode = policy.effective(&p.id.namespace, &p.control).mode;
                 (p, mode)
@@ -518,7 +531,21 @@ impl Agent {
                 return;
             }
         };
-        let mem = if self.policy.memory.enabled {
+        // The node proxy: protected. Without a CPU limit of its own there is nothing to
+        // protect or grow (a limit the agent wrote would be a new cap on the node's traffic);
+        // its memory is left alone.
+        let node_proxy = proxy.class == ProxyClass::NodeProxy;
+        if node_proxy
+            && first.cpu_max.millis().is_none()
+            && self.journal.container(&proxy.key).is_none()
+        {
+            debug!(
+                cgroup = proxy.key,
+                "node proxy (ztunnel) without a CPU limit; not governed"
+            );
+            return;
+        }
+        let mem = if self.policy.memory.enabled && !node_proxy {
             match memory::open(&proxy.dir, &mut self.buf, now) {
                 Ok(m) => Some(m),
                 Err(e) => {
@@ -559,6 +586,7 @@ impl Agent {
             pod = proxy.id.pod,
             container = proxy.id.container,
             pid = proxy.pid,
+            class = proxy.class.as_str(),
             cpu_max = %first.cpu_max,
             original = %record.cpu_max.original.0,
             mode = mode.as_str(),
@@ -884,6 +912,7 @@ impl Agent {
             concurrency: g.proxy.concurrency,
             conflict_backoff: self.policy.cpu.conflict_backoff,
             runtime_identity: g.proxy.runtime_identity,
+            protected: g.proxy.class == ProxyClass::NodeProxy,
         };
         let mut io = CgroupIo {
             dir: &g.proxy.dir,
@@ -956,9 +985,18 @@ impl Agent {
             self.flush_journal();
             return;
         }
-        if let Some(wake) = out.look_again {
-            self.look_again
-                .push((now + LOOK_AGAIN, key.to_string(), wake));
+        match out.look_again {
+            // Looks of a trigger that showed nothing yet are bounded node-wide: on a node
+            // whose CPUs are contended every idle proxy's trigger may fire.
+            Some(Wake::Look { stepped: false, .. })
+                if self.look_again.len() >= MAX_BLIND_LOOKS_PENDING =>
+            {
+                debug!(cgroup = key, "too many looks pending; the tick decides");
+            }
+            Some(wake) => self
+                .look_again
+                .push((now + LOOK_AGAIN, key.to_string(), wake)),
+            None => {}
         }
         let Some(plan) = out.cpu else {
             self.shared.metrics.wakeup("none");
@@ -1183,6 +1221,7 @@ impl Agent {
                 v.pod_uid.clone_from(&g.proxy.id.pod_uid);
                 v.container_id.clone_from(&g.proxy.id.container_id);
                 v.process.clone_from(&g.proxy.process);
+                v.class = g.proxy.class.as_str();
                 v.pid = g.proxy.pid;
                 g.core.fill_view(v, dry_run, original);
             }

@@ -244,6 +244,7 @@ struct RawMatch {
     process_names: Option<Vec<String>>,
     container_names: Option<Vec<String>>,
     exclude_namespaces: Option<Vec<String>>,
+    ztunnel_namespaces: Option<Vec<String>>,
     rescan_interval: Option<Scalar>,
     include_gateways: Option<bool>,
 }
@@ -493,7 +494,14 @@ pub struct MatchPolicy {
     pub rescan_interval: Duration,
     /// Also govern gateways and waypoints (`pilot-agent proxy router|waypoint`).
     pub include_gateways: bool,
+    /// Where Istio ambient's per-node `ztunnel` may run: a `ztunnel` process (when
+    /// `processNames` includes it) is governed only there, identified by the runtime, as a
+    /// node proxy (never below its own limit, no memory control).
+    pub ztunnel_namespaces: Vec<String>,
 }
+
+/// The `/proc/PID/comm` of Istio ambient's per-node proxy.
+pub const ZTUNNEL: &str = "ztunnel";
 
 /// CPU bounds and control tuning.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -628,6 +636,7 @@ impl Default for Policy {
                 exclude_namespaces: Vec::new(),
                 rescan_interval: Duration::from_secs(10),
                 include_gateways: false,
+                ztunnel_namespaces: vec!["istio-system".into()],
             },
             cpu: CpuPolicy {
                 min_millis: 100,
@@ -935,6 +944,11 @@ impl Policy {
                 d.matching.rescan_interval,
             ),
             include_gateways: m.include_gateways.unwrap_or(d.matching.include_gateways),
+            ztunnel_namespaces: c.names(
+                "match.ztunnelNamespaces",
+                m.ztunnel_namespaces,
+                d.matching.ztunnel_namespaces.clone(),
+            ),
         };
 
         let r = raw.cpu.unwrap_or_default();

@@ -53,6 +53,8 @@ pub struct ProxyView {
     pub container_id: String,
     pub process: String,
     pub pid: u32,
+    /// `sidecar`, or `node-proxy` (ztunnel).
+    pub class: &'static str,
     pub cpu_quota_millis: Option<u64>,
     pub cpu_original_millis: Option<u64>,
     pub cpu_usage_millis: Option<f64>,

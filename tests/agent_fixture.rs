@@ -863,3 +863,73 @@ fn kubelet_memory_qos_is_the_original_and_the_ceiling() {
     assert!(out.clean(), "{out:?}");
     assert_eq!(read(&envoy).trim(), resized.to_string(), "kubelet's latest");
 }
+
+/// Istio ambient's ztunnel (issue 11) with `processNames` including it: the node's proxy, in
+/// `istio-system` (a namespace no pod author chooses). Protected: idle, it keeps its own 1-core
+/// limit and its memory is left alone; hot, it grows above the limit where the policy grants
+/// that for its namespace (the pod raised first), and comes back down to its limit, never
+/// below. The same process in a tenant's namespace, or without a CPU limit, is not governed.
+#[test]
+fn ztunnel_is_a_protected_grow_only_node_proxy_in_its_namespace_only() {
+    use sidecar_governor::policy::PodControl;
+    const ONE_CORE: &str = "100000 100000";
+    let text = "interval: 1s\nmatch:\n  rescanInterval: 1s\n  processNames: [envoy, ztunnel]\ncpu:\n  min: 100m\n  max: \"3\"\n  scaleDownAfter: 3s\noverrides:\n  - namespace: istio-system\n    cpu: {allowAboveLimit: true}\n";
+    let ztunnel = |node: &mut Node, cpu_max: &str| {
+        let mut c = node.container(1, 1, cpu_max);
+        std::fs::write(c.dir.parent().unwrap().join("cpu.max"), "max 100000\n").unwrap();
+        node.process(
+            &mut c,
+            "ztunnel",
+            &["/usr/local/bin/ztunnel", "proxy", "ztunnel"],
+        );
+        c
+    };
+    let harness = |node: &Node, namespace: &str| {
+        Harness::vouched(
+            node,
+            Policy::from_yaml(text).unwrap(),
+            false,
+            namespace,
+            PodControl::default(),
+        )
+    };
+
+    let mut node = Node::new();
+    let mut zt = ztunnel(&mut node, ONE_CORE);
+    let mut h = harness(&node, "istio-system");
+    run(&mut h, &mut [&mut zt], 20, |_, _| 5);
+    assert_eq!(zt.cpu_max(), ONE_CORE, "idle: never below its own limit");
+    let high = std::fs::read_to_string(zt.dir.join("memory.high")).unwrap();
+    assert_eq!(high.trim(), "max", "memory left alone");
+    assert!(
+        h.metrics().contains("sidecar_governor_proxies 1"),
+        "{}",
+        h.metrics()
+    );
+    // All the node's traffic at once: 2.5 cores of demand. Raised above its limit, the pod
+    // (unlimited here) needs nothing.
+    run(&mut h, &mut [&mut zt], 4, |_, _| 2500);
+    let hot = zt.quota_millis().unwrap();
+    assert!(hot > 1000, "grown above its limit: {}", zt.cpu_max());
+    // Idle again: back to its limit, not below.
+    run(&mut h, &mut [&mut zt], 20, |_, _| 5);
+    assert_eq!(zt.cpu_max(), ONE_CORE);
+    assert!(h.agent.shutdown().clean());
+    assert_eq!(zt.cpu_max(), ONE_CORE);
+
+    // A tenant's process named ztunnel in its own namespace: not governed (a regular sidecar
+    // there would be shrunk when idle).
+    for (namespace, cpu_max) in [("shop", ONE_CORE), ("istio-system", "max 100000")] {
+        let mut node = Node::new();
+        let mut zt = ztunnel(&mut node, cpu_max);
+        let mut h = harness(&node, namespace);
+        run(&mut h, &mut [&mut zt], 20, |_, _| 5);
+        assert_eq!(zt.cpu_max(), cpu_max, "{namespace}: untouched");
+        assert!(
+            h.metrics().contains("sidecar_governor_proxies 0"),
+            "{namespace} {cpu_max}: {}",
+            h.metrics()
+        );
+        assert!(Journal::load(&node.state).unwrap().is_empty());
+    }
+}

@@ -649,6 +649,7 @@ async fn status_reads_the_real_debug_endpoint() {
         container_id: CID.into(),
         process: "envoy".into(),
         pid: 4242,
+        class: "sidecar",
         cpu_quota_millis: Some(250),
         cpu_original_millis: Some(2000),
         cpu_usage_millis: Some(42.4),

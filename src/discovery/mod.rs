@@ -47,6 +47,42 @@ pub struct Proxy {
     pub control_errors: Vec<String>,
     /// When the runtime started the container, in milliseconds since the epoch (CRI only).
     pub started_at_ms: Option<u64>,
+    /// A pod's sidecar, or the node's own proxy ([`classify`]).
+    pub class: ProxyClass,
+}
+
+/// What a proxy serves, and so how it is governed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyClass {
+    /// A pod's own sidecar: shrunk when idle, grown when hot.
+    #[default]
+    Sidecar,
+    /// Istio ambient's `ztunnel`, carrying all the node's traffic: protected (never below its
+    /// own limit; its memory left alone) and grow-only above it (where the policy grants
+    /// growth above the limit).
+    NodeProxy,
+}
+
+impl ProxyClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyClass::Sidecar => "sidecar",
+            ProxyClass::NodeProxy => "node-proxy",
+        }
+    }
+}
+
+/// The class of a found proxy, or `None` when it is not to be governed: a `ztunnel`
+/// process is the node proxy only where the runtime places it in one of
+/// `match.ztunnelNamespaces` (a namespace is the one thing a pod's author does not choose;
+/// its process name is theirs).
+pub fn classify(proxy: &Proxy, rules: &MatchPolicy) -> Option<ProxyClass> {
+    if proxy.process != crate::policy::ZTUNNEL {
+        return Some(ProxyClass::Sidecar);
+    }
+    (proxy.runtime_identity && rules.ztunnel_namespaces.contains(&proxy.id.namespace))
+        .then_some(ProxyClass::NodeProxy)
 }
 
 /// Which source found the proxies.
@@ -168,6 +204,7 @@ mod tests {
             control: PodControl::default(),
             control_errors: Vec::new(),
             started_at_ms: None,
+            class: ProxyClass::Sidecar,
         };
         let v = serde_json::to_value(&p).unwrap();
         for (k, want) in [
@@ -197,6 +234,41 @@ mod tests {
         assert_eq!(concurrency_from_args(["envoy", "--concurrency"]), None);
         assert_eq!(concurrency_from_args(["envoy", "--concurrency", "x"]), None);
         assert_eq!(concurrency_from_args(["envoy"]), None);
+    }
+
+    #[test]
+    fn ztunnel_is_the_node_proxy_only_identified_in_its_namespaces() {
+        let rules = crate::policy::Policy::default().matching;
+        let mut p = Proxy {
+            key: "kubepods/podu/c".into(),
+            dir: "/sys/fs/cgroup/kubepods/podu/c".into(),
+            pod_dir: "/sys/fs/cgroup/kubepods/podu".into(),
+            id: Identity {
+                namespace: "istio-system".into(),
+                ..Identity::default()
+            },
+            runtime_identity: true,
+            layout: Layout::ContainerdCgroupfs,
+            process: "ztunnel".into(),
+            pid: 7,
+            concurrency: None,
+            control: PodControl::default(),
+            control_errors: Vec::new(),
+            started_at_ms: None,
+            class: ProxyClass::Sidecar,
+        };
+        assert_eq!(classify(&p, &rules), Some(ProxyClass::NodeProxy));
+        // By its process name alone, or in a tenant's namespace: not governed at all.
+        p.runtime_identity = false;
+        assert_eq!(classify(&p, &rules), None);
+        p.runtime_identity = true;
+        p.id.namespace = "shop".into();
+        assert_eq!(classify(&p, &rules), None);
+        // Any other proxy process is a sidecar, wherever it runs.
+        p.process = "envoy".into();
+        assert_eq!(classify(&p, &rules), Some(ProxyClass::Sidecar));
+        p.id.namespace = "istio-system".into();
+        assert_eq!(classify(&p, &rules), Some(ProxyClass::Sidecar));
     }
 
     #[test]

@@ -208,6 +208,7 @@ impl ProcfsDiscovery {
             }),
             control: PodControl::default(),
             control_errors: Vec::new(),
+            class: super::ProxyClass::Sidecar,
             started_at_ms: None,
         }))
     }

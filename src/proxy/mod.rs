@@ -24,6 +24,7 @@ mod memory;
 use std::time::{Duration, Instant};
 
 use crate::cgroup::{CgroupError, CpuMax};
+use crate::controller::cpu::blind_looks;
 use crate::controller::growth::GrowthChange;
 use crate::controller::storm::StormCandidate;
 use crate::controller::{
@@ -55,6 +56,8 @@ pub(crate) struct Settings<'a> {
     /// Found through the runtime, not by a process name alone: only such proxies count
     /// toward a push storm (one tenant's processes cannot hold another's sidecars back).
     pub runtime_identity: bool,
+    /// The node proxy: never below its own limit (grow-only above it).
+    pub protected: bool,
 }
 
 /// A CPU decision of one proxy, waiting for the cross-proxy checks before it is staged.
@@ -371,6 +374,11 @@ impl ProxyCore {
         let original = record.cpu_max.original.0;
         let bounds = CpuBounds::new(s.cpu, original.millis())
             .with_concurrency(s.concurrency, s.cpu.per_worker_min_millis);
+        let bounds = if s.protected {
+            bounds.protecting(original.millis())
+        } else {
+            bounds
+        };
         self.ceiling = Some(bounds.ceiling);
         let in_force = if s.dry_run {
             self.planned_millis.or(sample.cpu_max.millis())
@@ -396,7 +404,8 @@ impl ProxyCore {
         let (decision, look_again) = match wake {
             None => (decide_cpu(&mut self.cpu, &obs, bounds, s.cpu), None),
             Some(wake) => {
-                let w = decide_wake(&mut self.cpu, &obs, bounds, s.cpu, wake);
+                let blind = blind_looks(s.cpu.wake_on_stall.window);
+                let w = decide_wake(&mut self.cpu, &obs, bounds, s.cpu, wake, blind);
                 (w.decision, w.look_again)
             }
         };

@@ -165,6 +165,7 @@ impl Proxy {
             concurrency: None,
             conflict_backoff: self.policy.cpu.conflict_backoff,
             runtime_identity: true,
+            protected: false,
         };
         let out = self
             .core
@@ -329,6 +330,7 @@ fn a_proxy_primed_when_found_is_not_read_again_at_that_instant() {
         concurrency: None,
         conflict_backoff: p.policy.cpu.conflict_backoff,
         runtime_identity: true,
+        protected: false,
     };
     let out = p.core.step(&mut p.fake, &mut p.record, &settings, found);
     assert_eq!(
@@ -362,6 +364,7 @@ fn a_wake_up_at_the_ceiling_reads_nothing_and_below_it_grows_only() {
         concurrency: None,
         conflict_backoff: policy.cpu.conflict_backoff,
         runtime_identity: true,
+        protected: false,
     };
     let samples = p.fake.cpu_samples;
     let at = p.now() + Duration::from_millis(300);

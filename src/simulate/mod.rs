@@ -216,6 +216,7 @@ impl<'a> Runner<'a> {
             concurrency: self.trace.concurrency,
             conflict_backoff: policy.cpu.conflict_backoff,
             runtime_identity: true,
+            protected: false,
         };
         let mut io = ModelIo {
             model: &mut self.model,
