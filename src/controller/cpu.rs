@@ -328,9 +328,14 @@ pub(crate) fn decide_wake(
             }),
         };
     }
-    let lasting = obs
-        .active_utilization
-        .is_some_and(|u| u >= p.scale_up_utilization)
+    // Lasting only on recent evidence: a span reaching back to the last tick also holds a
+    // short job that stalled for a few periods and is done (seen on the real kernel: an idle
+    // haproxy's timers, 40 ms of work at a 100m floor, every 10 s, were each taken for
+    // load and raised to 2 cores). Such a span steps once and looks again.
+    let lasting = obs.elapsed <= LASTING_SPAN
+        && obs
+            .active_utilization
+            .is_some_and(|u| u >= p.scale_up_utilization)
         && obs.throttled_ratio >= LASTING_THROTTLED_RATIO;
     let stepped = quota * (1.0 + p.step_up);
     let (want, look_again) = if lasting {
@@ -366,6 +371,10 @@ pub(crate) fn decide_wake(
         look_again,
     }
 }
+
+/// The longest span whose stall can be called lasting: the last two periods (a look's span,
+/// or a trigger's right after a tick).
+const LASTING_SPAN: Duration = Duration::from_millis(250);
 
 /// Throttled in at least this share of the periods it ran: the stall is the quota's, not a
 /// blip (with the whole quota used in those periods).
@@ -872,6 +881,35 @@ mod tests {
             TRIGGER,
         );
         assert_eq!(to, 451);
+    }
+
+    /// A short job at the floor (40 ms of work, four throttled periods, then done) fires the
+    /// trigger as load does; the span since the last tick cannot tell them apart. One step,
+    /// and the look decides: done, nothing more; still using all of it, the busy level.
+    #[test]
+    fn a_short_job_stalled_at_the_floor_is_one_step_not_the_busy_level() {
+        let p = policy();
+        let b = bounds();
+        let job = CpuObservation {
+            elapsed: Duration::from_millis(700),
+            ..stalled(100, 40.0 / 0.7, 1.0, 1.0)
+        };
+        let mut state = CpuState::default();
+        let w = decide_wake(&mut state, &job, b, &p, TRIGGER);
+        assert_eq!(
+            (w.decision.map(|d| d.quota_millis), w.look_again),
+            (Some(200), Some(STEPPED))
+        );
+        let done = stalled(200, 5.0, 0.0, 0.05);
+        assert_eq!(
+            decide_wake(&mut state, &done, b, &p, STEPPED),
+            WakeDecision::default()
+        );
+        // Load: the look finds the 200m used and throttled.
+        let mut state = CpuState::default();
+        decide_wake(&mut state, &job, b, &p, TRIGGER);
+        let w = decide_wake(&mut state, &stalled(200, 200.0, 1.0, 1.0), b, &p, STEPPED);
+        assert_eq!(w.decision.map(|d| d.quota_millis), Some(2000));
     }
 
     #[test]

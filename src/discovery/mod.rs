@@ -183,14 +183,14 @@ pub fn is_gateway_args<'a>(args: impl IntoIterator<Item = &'a str>) -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn discover_json_keeps_the_identity_flat() {
-        let p = Proxy {
+    /// A proxy found by the runtime in `namespace`, running `process`.
+    fn found(namespace: &str, process: &str) -> Proxy {
+        Proxy {
             key: "kubepods/podu/c".into(),
             dir: "/sys/fs/cgroup/kubepods/podu/c".into(),
             pod_dir: "/sys/fs/cgroup/kubepods/podu".into(),
             id: Identity {
-                namespace: "shop".into(),
+                namespace: namespace.into(),
                 pod: "cart".into(),
                 container: "istio-proxy".into(),
                 pod_uid: "u".into(),
@@ -198,14 +198,19 @@ mod tests {
             },
             runtime_identity: true,
             layout: Layout::ContainerdCgroupfs,
-            process: "envoy".into(),
+            process: process.into(),
             pid: 7,
             concurrency: None,
             control: PodControl::default(),
             control_errors: Vec::new(),
             started_at_ms: None,
             class: ProxyClass::Sidecar,
-        };
+        }
+    }
+
+    #[test]
+    fn discover_json_keeps_the_identity_flat() {
+        let p = found("shop", "envoy");
         let v = serde_json::to_value(&p).unwrap();
         for (k, want) in [
             ("namespace", "shop"),
@@ -239,24 +244,7 @@ mod tests {
     #[test]
     fn ztunnel_is_the_node_proxy_only_identified_in_its_namespaces() {
         let rules = crate::policy::Policy::default().matching;
-        let mut p = Proxy {
-            key: "kubepods/podu/c".into(),
-            dir: "/sys/fs/cgroup/kubepods/podu/c".into(),
-            pod_dir: "/sys/fs/cgroup/kubepods/podu".into(),
-            id: Identity {
-                namespace: "istio-system".into(),
-                ..Identity::default()
-            },
-            runtime_identity: true,
-            layout: Layout::ContainerdCgroupfs,
-            process: "ztunnel".into(),
-            pid: 7,
-            concurrency: None,
-            control: PodControl::default(),
-            control_errors: Vec::new(),
-            started_at_ms: None,
-            class: ProxyClass::Sidecar,
-        };
+        let mut p = found("istio-system", "ztunnel");
         assert_eq!(classify(&p, &rules), Some(ProxyClass::NodeProxy));
         // By its process name alone, or in a tenant's namespace: not governed at all.
         p.runtime_identity = false;
