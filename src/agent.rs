@@ -988,9 +988,7 @@ impl Agent {
         match out.look_again {
             // Looks of a trigger that showed nothing yet are bounded node-wide: on a node
             // whose CPUs are contended every idle proxy's trigger may fire.
-            Some(Wake::Look { stepped: false, .. })
-                if self.look_again.len() >= MAX_BLIND_LOOKS_PENDING =>
-            {
+            Some(Wake::Blind { .. }) if self.look_again.len() >= MAX_BLIND_LOOKS_PENDING => {
                 debug!(cgroup = key, "too many looks pending; the tick decides");
             }
             Some(wake) => self

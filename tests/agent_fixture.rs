@@ -853,9 +853,9 @@ fn kubelet_memory_qos_is_the_original_and_the_ceiling() {
     // Nothing of the agent's is left to restore there: the record holds kubelet's value or
     // is gone.
     let journal = Journal::load(&node.state).unwrap();
-    if let Some(h) = journal.container(&envoy.rel).and_then(|r| r.memory_high) {
-        assert_eq!(h.original.to_string(), resized.to_string());
-        assert!(!h.touched());
+    if let Some(owned) = journal.container(&envoy.rel).and_then(|r| r.memory_high) {
+        assert_eq!(owned.original.to_string(), resized.to_string());
+        assert!(!owned.touched());
     }
     run(&mut h, &mut [&mut envoy], 1, |_, _| 5);
     assert_eq!(read(&envoy).trim(), resized.to_string(), "backed off");

@@ -248,9 +248,11 @@ const MAX_LOOKS: u32 = 20;
 pub(crate) enum Wake {
     /// Its stall trigger fired.
     Trigger,
-    /// [`LOOK_AGAIN`] after a wake-up that could not tell yet. `stepped`: that wake-up (or an
-    /// earlier look) stepped it up already; `left`: looks still allowed after this one.
-    Look { stepped: bool, left: u32 },
+    /// [`LOOK_AGAIN`] after a wake-up that showed nothing of its quota yet, no step taken;
+    /// `left`: looks still allowed after this one.
+    Blind { left: u32 },
+    /// [`LOOK_AGAIN`] after a wake-up that stepped it up once: the last look.
+    Stepped,
 }
 
 /// Looks a trigger that shows no stall yet is followed by: the kernel fires a trigger at
@@ -314,18 +316,12 @@ pub(crate) fn decide_wake(
         // Nothing of its quota shows yet: look again while the kernel cannot tell.
         let left = match wake {
             Wake::Trigger => blind.checked_sub(1),
-            Wake::Look {
-                stepped: false,
-                left,
-            } => left.checked_sub(1),
-            Wake::Look { stepped: true, .. } => None,
+            Wake::Blind { left } => left.checked_sub(1),
+            Wake::Stepped => None,
         };
         return WakeDecision {
             decision: None,
-            look_again: left.map(|left| Wake::Look {
-                stepped: false,
-                left,
-            }),
+            look_again: left.map(|left| Wake::Blind { left }),
         };
     }
     // Lasting only on recent evidence: a span reaching back to the last tick also holds a
@@ -345,16 +341,10 @@ pub(crate) fn decide_wake(
             (obs.usage_millis.max(0.0) + obs.throttled_millis.max(0.0)) / p.target_utilization;
         let want = stepped.max(demand).max(state.busy_level(bounds) as f64);
         (want, None)
-    } else if !matches!(wake, Wake::Look { stepped: true, .. }) {
+    } else if wake != Wake::Stepped {
         // One step on the bet it is load, and one look; the quiet clock runs on (a blip must
         // not hold an idle proxy above its floor for another scaleDownAfter).
-        (
-            stepped,
-            Some(Wake::Look {
-                stepped: true,
-                left: 0,
-            }),
-        )
+        (stepped, Some(Wake::Stepped))
     } else {
         // Stepped and looked again, and it is not lasting load: the tick decides.
         return none;
@@ -387,24 +377,15 @@ mod tests {
 
     const TICK: Duration = Duration::from_secs(1);
     const TRIGGER: Wake = Wake::Trigger;
-    const STEPPED: Wake = Wake::Look {
-        stepped: true,
-        left: 0,
-    };
+    const STEPPED: Wake = Wake::Stepped;
     /// The last look of a trigger that showed nothing.
-    const UNSTEPPED: Wake = Wake::Look {
-        stepped: false,
-        left: 0,
-    };
+    const UNSTEPPED: Wake = Wake::Blind { left: 0 };
     /// Looks of a trigger in the default 500 ms window.
     const BLIND: u32 = 5;
     /// No step; looks until the window has passed.
     const LOOK_ONLY: WakeDecision = WakeDecision {
         decision: None,
-        look_again: Some(Wake::Look {
-            stepped: false,
-            left: BLIND - 1,
-        }),
+        look_again: Some(Wake::Blind { left: BLIND - 1 }),
     };
 
     /// [`super::decide_wake`] in the default window.
