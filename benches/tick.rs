@@ -15,7 +15,7 @@
 //! - `SG_BENCH_SIZES=100,1000`: sizes of the steady-state agent runs (empty: none);
 //! - `SG_BENCH_APPEAR_SIZES=100,1000`: sizes of the appearing runs (empty: none);
 //! - `SG_BENCH_APPEAR_REPEATS=5`: appearing runs per size (medians are printed);
-//! - `SG_BENCH_PERF_FIFO=PATH` and `SG_BENCH_PERF_PHASE=appear|first|steady|rescan`: enable a
+//! - `SG_BENCH_PERF_FIFO=PATH` and `SG_BENCH_PERF_PHASE=appear|first|steady|settled|rescan`: enable a
 //!   `perf record --control fifo:PATH -D -1` for exactly the ticks of that phase.
 
 #[path = "../tests/common/mod.rs"]
@@ -269,6 +269,7 @@ fn appearing(n: usize) -> Appear {
         let phase = match (rescan, first_write.is_none()) {
             (true, _) => "rescan",
             (false, true) => "first",
+            (false, false) if i > 100 => "settled",
             (false, false) => "steady",
         };
         let t = timed_tick(&mut h, &mut proxies, phase);

@@ -1067,8 +1067,6 @@ impl Agent {
     /// burst, and its hold on the pod when it may go above its own limit.
     fn stage_cpu(&mut self, key: &str, p: CpuPlan, gone: &mut Vec<String>) -> Option<CpuWrite> {
         let g = self.governed.get(key)?;
-        let pod_key = g.pod_key().to_string();
-        let pod_dir = g.proxy.pod_dir.clone();
         let record = self.journal.container(key)?;
         // The burst in force now, reconciled like any owned value.
         let burst = match record.cpu_max_burst {
@@ -1086,15 +1084,19 @@ impl Agent {
             },
             None => None,
         };
-        let hold_pod = (p.above_limit || record.pod_hold.is_some())
-            && self.ensure_pod_record(&pod_key, &pod_dir).ok()?;
+        // The pod's quota is held only for a container that may go above its own limit.
+        let pod = (p.above_limit || record.pod_hold.is_some())
+            .then(|| (g.pod_key().to_string(), g.proxy.pod_dir.clone()));
+        let hold_pod = match &pod {
+            Some((pod_key, pod_dir)) => self.ensure_pod_record(pod_key, pod_dir).ok()?,
+            None => false,
+        };
+        let pod_key = pod.filter(|_| hold_pod).map(|(k, _)| k);
         let g = self.governed.get(key)?;
         let mut record = self.journal.container_mut(key)?;
-        let write = g
-            .core
-            .stage_cpu(p, burst, hold_pod.then_some(pod_key.as_str()), &mut record);
+        let write = g.core.stage_cpu(p, burst, pod_key.as_deref(), &mut record);
         drop(record);
-        if hold_pod {
+        if let Some(pod_key) = pod_key {
             if let Some(mut pod) = self.journal.pod_mut(&pod_key) {
                 pod.holders.insert(key.to_string());
             }

@@ -5,6 +5,7 @@
 //! else through fresh opens. Every error names the file and the operation; a failed read is
 //! an error, never a zero.
 
+use std::cell::Cell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
@@ -144,6 +145,9 @@ pub struct CgroupFile {
     file: Option<File>,
     /// The held descriptor is open read-write (see [`CgroupFile::open_rw`]).
     writable: bool,
+    /// What this descriptor last saw the file hold: its length, and whether it ended in a
+    /// newline (see [`CgroupFile::write_verified`]).
+    seen: Cell<(usize, bool)>,
 }
 
 impl Drop for CgroupFile {
@@ -198,6 +202,7 @@ impl CgroupFile {
             name,
             file: held.then_some(file),
             writable: held && writable,
+            seen: Cell::new((usize::MAX, false)),
         }
     }
 
@@ -260,6 +265,8 @@ impl CgroupFile {
                 }
             }
         }
+        self.seen
+            .set((filled, filled > 0 && buf[filled - 1] == b'\n'));
         std::str::from_utf8(&buf[..filled]).map_err(|_| CgroupError::Parse {
             path: self.path(),
             source: ParseError::Malformed("not UTF-8".into()),
@@ -285,9 +292,10 @@ impl CgroupFile {
     }
 
     /// Writes `value` whole in one `write(2)` and reads it back, as [`write_verified`] does,
-    /// but through the held read-write descriptor: `ftruncate` (what `O_TRUNC` does at an
-    /// open: ignored by cgroupfs, and keeps plain-file fixtures honest), `pwrite` at offset 0,
-    /// then `pread` from offset 0 into `buf`. The write counts only when the parsed read-back
+    /// but through the held read-write descriptor: `pwrite` at offset 0, `ftruncate` to the
+    /// value's length only where what the descriptor last read was longer than the value and
+    /// its newline (ignored by cgroupfs; cuts the rest of a longer earlier value from a
+    /// plain-file fixture), then `pread` from offset 0 into `buf`. The write counts only when the parsed read-back
     /// equals `expected`. Without such a descriptor it is [`write_verified`] on the path.
     pub fn write_verified<T: PartialEq + std::fmt::Debug>(
         &self,
@@ -300,7 +308,6 @@ impl CgroupFile {
             return write_verified(&self.dir, self.name, value, expected, parse);
         };
         let write = || -> io::Result<()> {
-            file.set_len(0)?;
             let n = loop {
                 match file.write_at(value.as_bytes(), 0) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -313,6 +320,12 @@ impl CgroupFile {
                     io::ErrorKind::WriteZero,
                     format!("short write: {n} of {} bytes", value.len()),
                 ));
+            }
+            // cgroupfs takes the write as the whole value. A plain file (a fixture) keeps
+            // what was past it: cut that unless it was nothing, or the old value's newline.
+            let (len, newline) = self.seen.get();
+            if n < len && !(newline && n + 1 == len) {
+                file.set_len(n as u64)?;
             }
             Ok(())
         };
@@ -558,6 +571,36 @@ pub(crate) mod tests {
         file.write_verified(&mut buf, "max 100000", &want, parse_cpu_max)
             .unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "max 100000");
+    }
+
+    #[test]
+    fn held_writes_cut_only_what_is_past_the_value_and_its_newline() {
+        let _budget = budget_lock();
+        let dir = fixture_dir();
+        let path = dir.path().join("cpu.max");
+        std::fs::write(&path, "200000 100000\n").unwrap();
+        let d: Arc<Path> = Arc::from(dir.path());
+        let file = CgroupFile::open_rw(&d, "cpu.max").unwrap();
+        let mut buf = Vec::new();
+        let write = |value: &str, buf: &mut Vec<u8>| {
+            let want = parse_cpu_max(value).unwrap();
+            file.write_verified(buf, value, &want, parse_cpu_max).unwrap();
+            std::fs::read_to_string(&path).unwrap()
+        };
+        // Nothing read yet: what the file holds is unknown, so the rest is cut.
+        assert_eq!(write("190000 100000", &mut buf), "190000 100000");
+        // As long as the last value: nothing to cut.
+        assert_eq!(write("180000 100000", &mut buf), "180000 100000");
+        // Someone else's value with its newline, read (as every tick samples the file): a
+        // value one byte shorter keeps that newline and nothing else.
+        std::fs::write(&path, "170000 100000\n").unwrap();
+        file.read_parsed(&mut buf, parse_cpu_max).unwrap();
+        assert_eq!(write("160000 100000", &mut buf), "160000 100000\n");
+        // Shorter than that: the rest of the old value is cut.
+        assert_eq!(write("90000 100000", &mut buf), "90000 100000");
+        assert_eq!(write("max 100000", &mut buf), "max 100000");
+        // Longer: the file grows.
+        assert_eq!(write("1200000 100000", &mut buf), "1200000 100000");
     }
 
     #[test]
