@@ -979,6 +979,16 @@ impl Agent {
         if !self.wakes() {
             return;
         }
+        // In a storm's grace the tick decides, over its whole interval. A wake-up would take
+        // the sample, and leave the tick too short a span to show the throttling that lets a
+        // hard-throttled proxy through after one tick (seen on the real kernel: a victim whose
+        // trigger fired every window was held at its floor for the whole grace). Its stall is
+        // held back now: at the next tick it counts as held once already.
+        if self.storm.in_grace(now) {
+            self.storm.held_between_ticks(key);
+            self.shared.metrics.wakeup("held");
+            return;
+        }
         let out = self.step_as(key, now, Some(wake));
         if out.gone {
             self.forget(key, false);
@@ -1044,6 +1054,9 @@ impl Agent {
             .storm
             .observe(now, wanting, governed, &self.policy.cpu.push_storm);
         let held = state != storm::Storm::Calm && plan.wants_growth();
+        if held {
+            self.storm.held_between_ticks(key);
+        }
         if state == storm::Storm::Started {
             self.storm_started(usize::from(held), governed);
         }

@@ -479,6 +479,58 @@ fn a_push_storm_holds_throttled_proxies_back_one_tick_at_most() {
     );
 }
 
+/// Issue 9 case 2 with wake-ups, as first seen on the real kernel (`tenancy-storm`): a storm
+/// recognised between ticks (the triggers of every spiking proxy fire), then the victim's
+/// trigger firing again in every window, the last one just before each tick. Its wake-ups
+/// were held back, and each took the sample the tick needed to see it throttled: it stayed at
+/// its floor for the whole grace. Now wake-ups wait in a storm's grace (the tick decides, over
+/// its whole interval), and one held between ticks counts as held at the last tick.
+#[test]
+fn a_storm_holds_a_woken_throttled_proxy_back_one_tick_at_most() {
+    let mut node = Node::new();
+    let mut proxies: Vec<Container> = (0..6).map(|n| proxy(&mut node, n, n)).collect();
+    let mut h = Harness::new(&node, policy(), false);
+    {
+        let mut refs: Vec<&mut Container> = proxies.iter_mut().collect();
+        run(&mut h, &mut refs, 40, |_, _| 1);
+    }
+    assert!(proxies.iter().all(|c| c.quota_millis() == Some(100)));
+    let ms = std::time::Duration::from_millis;
+    // 300 ms after a tick all six spike at the floor and their triggers fire.
+    for c in proxies.iter_mut() {
+        c.run_periods(3, 30_000, 3, 270_000);
+    }
+    for c in &proxies {
+        h.agent.wake_proxy(&c.rel, h.now + ms(300));
+    }
+    assert!(h.metrics().contains("sidecar_governor_push_storms_total 1"));
+    let (others, victim) = proxies.split_at_mut(5);
+    let victim = &mut victim[0];
+    assert_eq!(victim.quota_millis(), Some(100), "its wake-up held back");
+    let mut grown_at = None;
+    for tick in 1..=3 {
+        for c in others.iter_mut() {
+            let quota = c.quota_millis().unwrap();
+            c.run_for_a_second(quota.min(1000), 1000 - quota.min(1000));
+        }
+        // Its second at the floor, throttled in every period; its trigger fires 10 ms
+        // before the tick.
+        victim.run_periods(10, 100_000, 10, 900_000);
+        h.agent.wake_proxy(&victim.rel, h.now + ms(990));
+        h.tick();
+        if victim.quota_millis().unwrap() > 100 {
+            grown_at = Some(tick);
+            break;
+        }
+    }
+    assert_eq!(
+        grown_at,
+        Some(1),
+        "held back for longer than one tick: {}",
+        victim.cpu_max()
+    );
+}
+
 #[test]
 fn processes_named_envoy_without_a_runtime_identity_make_no_storm() {
     let mut node = Node::new();

@@ -584,7 +584,8 @@ pub(crate) mod tests {
         let mut buf = Vec::new();
         let write = |value: &str, buf: &mut Vec<u8>| {
             let want = parse_cpu_max(value).unwrap();
-            file.write_verified(buf, value, &want, parse_cpu_max).unwrap();
+            file.write_verified(buf, value, &want, parse_cpu_max)
+                .unwrap();
             std::fs::read_to_string(&path).unwrap()
         };
         // Nothing read yet: what the file holds is unknown, so the rest is cut.

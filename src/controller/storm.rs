@@ -31,6 +31,17 @@ pub(crate) struct StormDetector {
 }
 
 impl StormDetector {
+    /// Within a storm's grace period at `now`.
+    pub(crate) fn in_grace(&self, now: Instant) -> bool {
+        self.grace_until.is_some_and(|until| now < until)
+    }
+
+    /// `key`'s growth was held back between ticks (a wake-up): the next tick counts it as
+    /// held at the last one, so a proxy throttled hard then goes through.
+    pub(crate) fn held_between_ticks(&mut self, key: &str) {
+        self.held.insert(key.to_string());
+    }
+
     /// Records the proxies that want to grow at `now` (out of `governed`) and says whether
     /// the node is in a push storm.
     pub(crate) fn observe(
