@@ -447,8 +447,8 @@ fn memory_high_is_placed_after_settling_journaled_and_restored() {
     );
 }
 
-#[test]
-fn a_push_storm_holds_throttled_proxies_back_one_tick_at_most() {
+/// Six identified proxies idle for 40 s: all at their 100m floor.
+fn six_idle_at_the_floor() -> (Node, Vec<Container>, Harness) {
     let mut node = Node::new();
     let mut proxies: Vec<Container> = (0..6).map(|n| proxy(&mut node, n, n)).collect();
     let mut h = Harness::new(&node, policy(), false);
@@ -457,6 +457,12 @@ fn a_push_storm_holds_throttled_proxies_back_one_tick_at_most() {
         run(&mut h, &mut refs, 40, |_, _| 1);
     }
     assert!(proxies.iter().all(|c| c.quota_millis() == Some(100)));
+    (node, proxies, h)
+}
+
+#[test]
+fn a_push_storm_holds_throttled_proxies_back_one_tick_at_most() {
+    let (_node, mut proxies, mut h) = six_idle_at_the_floor();
     // Every proxy spikes at once (a config push): a storm, growth held back that tick.
     {
         let mut refs: Vec<&mut Container> = proxies.iter_mut().collect();
@@ -487,14 +493,7 @@ fn a_push_storm_holds_throttled_proxies_back_one_tick_at_most() {
 /// its whole interval), and one held between ticks counts as held at the last tick.
 #[test]
 fn a_storm_holds_a_woken_throttled_proxy_back_one_tick_at_most() {
-    let mut node = Node::new();
-    let mut proxies: Vec<Container> = (0..6).map(|n| proxy(&mut node, n, n)).collect();
-    let mut h = Harness::new(&node, policy(), false);
-    {
-        let mut refs: Vec<&mut Container> = proxies.iter_mut().collect();
-        run(&mut h, &mut refs, 40, |_, _| 1);
-    }
-    assert!(proxies.iter().all(|c| c.quota_millis() == Some(100)));
+    let (_node, mut proxies, mut h) = six_idle_at_the_floor();
     let ms = std::time::Duration::from_millis;
     // 300 ms after a tick all six spike at the floor and their triggers fire.
     for c in proxies.iter_mut() {

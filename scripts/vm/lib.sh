@@ -324,6 +324,12 @@ sg_quota_below() { _q=$(sg_quota "$1") && [ "$_q" != max ] && [ "$_q" -lt "$2" ]
 sg_quota_at_least() { _q=$(sg_quota "$1") && { [ "$_q" = max ] || [ "$_q" -ge "$2" ]; }; }
 sg_between() { [ "$1" -ge "$2" ] && [ "$1" -le "$3" ]; }
 sg_file_is() { [ "$(cat "$1")" = "$2" ]; }
+# sg_all_cpu_max VALUE DIR...: every DIR's cpu.max holds VALUE.
+sg_all_cpu_max() {
+	_v=$1
+	shift
+	for _d in "$@"; do sg_file_is "$_d/cpu.max" "$_v" || return 1; done
+}
 
 # ---------------------------------------------------------------------------------------------
 # The agent under test

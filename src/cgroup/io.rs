@@ -544,14 +544,21 @@ pub(crate) mod tests {
         }
     }
 
+    /// A fixture `cpu.max` holding `text`, opened read-write and held: the directory (kept
+    /// alive), the file's path and the held file.
+    fn held_cpu_max(text: &str) -> (tempfile::TempDir, PathBuf, CgroupFile) {
+        let dir = fixture_dir();
+        let path = dir.path().join("cpu.max");
+        std::fs::write(&path, text).unwrap();
+        let d: Arc<Path> = Arc::from(dir.path());
+        let file = CgroupFile::open_rw(&d, "cpu.max").unwrap();
+        (dir, path, file)
+    }
+
     #[test]
     fn held_read_write_descriptor_writes_and_reads_back() {
         let _budget = budget_lock();
-        let dir = fixture_dir();
-        let path = dir.path().join("cpu.max");
-        std::fs::write(&path, "200000 100000\n").unwrap();
-        let d: Arc<Path> = Arc::from(dir.path());
-        let file = CgroupFile::open_rw(&d, "cpu.max").unwrap();
+        let (_dir, path, file) = held_cpu_max("200000 100000\n");
         assert!(file.is_held() && file.is_writable());
         let mut buf = Vec::new();
         let want = parse_cpu_max("50000 100000").unwrap();
@@ -576,11 +583,7 @@ pub(crate) mod tests {
     #[test]
     fn held_writes_cut_only_what_is_past_the_value_and_its_newline() {
         let _budget = budget_lock();
-        let dir = fixture_dir();
-        let path = dir.path().join("cpu.max");
-        std::fs::write(&path, "200000 100000\n").unwrap();
-        let d: Arc<Path> = Arc::from(dir.path());
-        let file = CgroupFile::open_rw(&d, "cpu.max").unwrap();
+        let (_dir, path, file) = held_cpu_max("200000 100000\n");
         let mut buf = Vec::new();
         let write = |value: &str, buf: &mut Vec<u8>| {
             let want = parse_cpu_max(value).unwrap();

@@ -46,10 +46,8 @@ cpu:
 EOT
 sg_trace_start
 sg_agent_start
-all_at_floor() {
-	for _d in $DIRS; do sg_file_is "$_d/cpu.max" "10000 100000" || return 1; done
-}
-if ! sg_wait 90 all_at_floor; then
+# shellcheck disable=SC2086 # one argument per directory
+if ! sg_wait 90 sg_all_cpu_max "10000 100000" $DIRS; then
 	sg_fail "the four idle proxies are not all at the floor after 90 s: $(for d in $DIRS; do printf "'%s' " "$(sg_cpu_max "$d")"; done)"
 	sg_trace_stop
 	sg_done

@@ -49,10 +49,8 @@ metrics() { sg_http /metrics >"$SG_RUN/metrics.txt"; }
 has() { metrics && grep -q -e "$1" "$SG_RUN/metrics.txt"; }
 sg_check "4 sidecars governed, identified by the runtime" sg_wait 30 has '^sidecar_governor_proxies 4$'
 sg_check "the victim carries its runtime names" sg_wait 10 sg_cri_named victim victim istio-proxy
-all_at_floor() {
-	for _d in $DIRS; do sg_file_is "$_d/cpu.max" "10000 100000" || return 1; done
-}
-if ! sg_wait 90 all_at_floor; then
+# shellcheck disable=SC2086 # one argument per directory
+if ! sg_wait 90 sg_all_cpu_max "10000 100000" $DIRS; then
 	sg_fail "the four idle sidecars are not all at the floor after 90 s: $(for d in $DIRS; do printf "'%s' " "$(sg_cpu_max "$d")"; done)"
 	sg_agent_stop TERM 15
 	sg_cri_cleanup

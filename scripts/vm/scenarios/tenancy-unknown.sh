@@ -61,10 +61,8 @@ sg_check "every file as found, 10 s past scaleDownAfter (nothing shrank)" \
 	cmp -s "$SG_RUN/found.before" "$SG_RUN/found.now"
 policy ''
 sg_log "policy reloaded without namespace rules"
-all_at_floor() {
-	for _d in $DIRS; do sg_file_is "$_d/cpu.max" "10000 100000" || return 1; done
-}
-sg_check "both governed once no namespace rule can apply: at the floor" sg_wait 30 all_at_floor
+# shellcheck disable=SC2086 # one argument per directory
+sg_check "both governed once no namespace rule can apply: at the floor" sg_wait 30 sg_all_cpu_max "10000 100000" $DIRS
 sg_expect "unidentified proxies after the reload" "$(sg_metric sidecar_governor_unidentified_proxies)" 0
 : >"$SG_RUN/peaks.log"
 (
