@@ -1098,13 +1098,14 @@ impl Agent {
             None => None,
         };
         // The pod's quota is held only for a container that may go above its own limit.
-        let pod = (p.above_limit || record.pod_hold.is_some())
-            .then(|| (g.pod_key().to_string(), g.proxy.pod_dir.clone()));
-        let hold_pod = match &pod {
-            Some((pod_key, pod_dir)) => self.ensure_pod_record(pod_key, pod_dir).ok()?,
-            None => false,
+        let pod_key = if p.above_limit || record.pod_hold.is_some() {
+            let (pod_key, pod_dir) = (g.pod_key().to_string(), g.proxy.pod_dir.clone());
+            self.ensure_pod_record(&pod_key, &pod_dir)
+                .ok()?
+                .then_some(pod_key)
+        } else {
+            None
         };
-        let pod_key = pod.filter(|_| hold_pod).map(|(k, _)| k);
         let g = self.governed.get(key)?;
         let mut record = self.journal.container_mut(key)?;
         let write = g.core.stage_cpu(p, burst, pod_key.as_deref(), &mut record);

@@ -295,8 +295,9 @@ impl CgroupFile {
     /// but through the held read-write descriptor: `pwrite` at offset 0, `ftruncate` to the
     /// value's length only where what the descriptor last read was longer than the value and
     /// its newline (ignored by cgroupfs; cuts the rest of a longer earlier value from a
-    /// plain-file fixture), then `pread` from offset 0 into `buf`. The write counts only when the parsed read-back
-    /// equals `expected`. Without such a descriptor it is [`write_verified`] on the path.
+    /// plain-file fixture), then `pread` from offset 0 into `buf`. The write counts only when
+    /// the parsed read-back equals `expected`. Without such a descriptor it is
+    /// [`write_verified`] on the path.
     pub fn write_verified<T: PartialEq + std::fmt::Debug>(
         &self,
         buf: &mut Vec<u8>,
