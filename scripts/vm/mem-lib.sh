@@ -134,6 +134,22 @@ sg_one_pod() {
 	sg_pod_limits "$POD" 3000 600 1536
 }
 
+# sg_storm_policy_write: the push-storm scenarios' policy (cpu.pushStorm at its defaults).
+# throttledRatio 0.5: under TCG an idle task is now and then throttled (a vCPU preempted on the
+# host looks like a burst), in one or two of its few active periods; at the default 5% that
+# grows idle proxies at random and several such bumps within 3 s look like a storm of their own.
+# Spinning at the floor they are throttled in nearly every period, far above 50%.
+sg_storm_policy_write() {
+	sg_policy_write <<'EOT'
+interval: 1s
+cpu:
+  min: 100m
+  max: "2"
+  scaleDownAfter: 3s
+  throttledRatio: 0.5
+EOT
+}
+
 # sg_metric NAME_AND_LABELS: the value of one line of /metrics (empty when absent).
 sg_metric() {
 	sg_http /metrics | awk -v k="$1" '$1 == k { print $2 }' | tail -n 1

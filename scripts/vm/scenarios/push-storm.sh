@@ -32,18 +32,7 @@ done
 export SG_TRACE
 # shellcheck disable=SC2086
 sg_untouched_snapshot $KEEP >"$SG_RUN/untouched.storm.before"
-# throttledRatio 0.5: under TCG an idle task is now and then throttled (a vCPU preempted on the
-# host looks like a burst), in one or two of its few active periods; at the default 5% that
-# grows idle proxies at random and several such bumps within 3 s look like a storm of their own.
-# Spinning at the floor they are throttled in nearly every period, far above 50%.
-sg_policy_write <<'EOT'
-interval: 1s
-cpu:
-  min: 100m
-  max: "2"
-  scaleDownAfter: 3s
-  throttledRatio: 0.5
-EOT
+sg_storm_policy_write
 sg_trace_start
 sg_agent_start
 # shellcheck disable=SC2086 # one argument per directory

@@ -32,18 +32,9 @@ for i in 1 2 3 4; do
 	DIRS="$DIRS $c" PODS="$PODS $SG_POD_DIR"
 	if [ "$i" = 4 ]; then VICTIM=$c; else NOISY="$NOISY $c"; fi
 done
+# shellcheck disable=SC2086 # one argument per pod
 sg_untouched_snapshot $PODS >"$SG_RUN/pods.before"
-# throttledRatio 0.5 as in push-storm: under TCG an idle task is now and then throttled, and
-# at the default 5% idle proxies would grow at random. Spinning at the floor they are
-# throttled in nearly every period.
-sg_policy_write <<'EOF'
-interval: 1s
-cpu:
-  min: 100m
-  max: "2"
-  scaleDownAfter: 3s
-  throttledRatio: 0.5
-EOF
+sg_storm_policy_write
 sg_agent_start --discovery cri --cri-endpoint "$SG_CRI_SOCK"
 metrics() { sg_http /metrics >"$SG_RUN/metrics.txt"; }
 has() { metrics && grep -q -e "$1" "$SG_RUN/metrics.txt"; }
@@ -89,6 +80,7 @@ sg_expect "agent exit code on SIGTERM" "$SG_AGENT_RC" 0
 for d in $DIRS; do
 	sg_expect "$(basename "$d" | cut -c1-12) restored" "$(sg_cpu_max "$d")" "50000 100000"
 done
+# shellcheck disable=SC2086 # one argument per pod
 sg_untouched_snapshot $PODS >"$SG_RUN/pods.now"
 sg_check "every pod cgroup exactly as found" cmp -s "$SG_RUN/pods.before" "$SG_RUN/pods.now"
 sg_cri_cleanup
