@@ -979,13 +979,7 @@ impl Agent {
         if !self.wakes() {
             return;
         }
-        // In a storm's grace the tick decides, over its whole interval. A wake-up would take
-        // the sample, and leave the tick too short a span to show the throttling that lets a
-        // hard-throttled proxy through after one tick (seen on the real kernel: a victim whose
-        // trigger fired every window was held at its floor for the whole grace). Its stall is
-        // held back now: at the next tick it counts as held once already.
-        if self.storm.in_grace(now) {
-            self.storm.held_between_ticks(key);
+        if storm::wake_in_grace(&mut self.storm, now, key) {
             self.shared.metrics.wakeup("held");
             return;
         }
@@ -1038,29 +1032,15 @@ impl Agent {
             .wakeup(if raised { "raised" } else { "none" });
     }
 
-    /// Whether a push storm holds back a wake-up's growth (a wake-up counts toward a storm
-    /// as a tick's plan does).
+    /// Whether a push storm holds back a wake-up's growth ([`storm::hold_wake`]).
     fn storm_holds(&mut self, now: Instant, key: &str, plan: &CpuPlan) -> bool {
-        use crate::controller::storm::StormCandidate;
         let governed = self.storm_counted();
-        let wanting: &[&str] = if plan.wants_growth() && plan.counts() {
-            &[key]
-        } else {
-            &[]
-        };
-        // `observe`, not `hold_back`: that one keeps which proxies a tick held back (a proxy
-        // throttled hard is held one tick at most), which a wake-up must not reset.
-        let state = self
-            .storm
-            .observe(now, wanting, governed, &self.policy.cpu.push_storm);
-        let held = state != storm::Storm::Calm && plan.wants_growth();
-        if held {
-            self.storm.held_between_ticks(key);
+        let p = &self.policy.cpu.push_storm;
+        let hold = storm::hold_wake(&mut self.storm, now, key, plan, governed, p);
+        if hold.started {
+            self.storm_started(usize::from(hold.held), governed);
         }
-        if state == storm::Storm::Started {
-            self.storm_started(usize::from(held), governed);
-        }
-        held
+        hold.held
     }
 
     /// When the next look-again is due, if any.

@@ -3,7 +3,8 @@
 //! loop then holds growth back for a grace period (burst absorbs the spike); proxies still
 //! hot afterwards grow as usual, and a cool-down keeps the same hot proxies from being
 //! mistaken for a new storm. [`hold_back`] applies it to one tick's plans; the agent's loop
-//! and the simulator both call it.
+//! and the simulator both call it. [`wake_in_grace`] and [`hold_wake`] apply it to a wake-up
+//! between ticks (a stall trigger), before and after its proxy is stepped.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -32,13 +33,13 @@ pub(crate) struct StormDetector {
 
 impl StormDetector {
     /// Within a storm's grace period at `now`.
-    pub(crate) fn in_grace(&self, now: Instant) -> bool {
+    fn in_grace(&self, now: Instant) -> bool {
         self.grace_until.is_some_and(|until| now < until)
     }
 
     /// `key`'s growth was held back between ticks (a wake-up): the next tick counts it as
     /// held at the last one, so a proxy throttled hard then goes through.
-    pub(crate) fn held_between_ticks(&mut self, key: &str) {
+    fn held_between_ticks(&mut self, key: &str) {
         self.held.insert(key.to_string());
     }
 
@@ -115,6 +116,57 @@ pub(crate) fn hold_back<T: StormCandidate>(
         });
     }
     storm
+}
+
+/// Before a wake-up steps its proxy: in a storm's grace it is held back unstepped, and the
+/// tick decides over its whole interval. A wake-up would take the sample and leave the tick
+/// too short a span to show the throttling that lets a hard-throttled proxy through after one
+/// tick (seen on the real kernel: a victim whose trigger fired every window was held at its
+/// floor for the whole grace). The held wake-up counts as held at the last tick, so the
+/// proxy, if throttled hard, grows at the next one. Returns whether it is held.
+pub(crate) fn wake_in_grace(detector: &mut StormDetector, now: Instant, key: &str) -> bool {
+    let held = detector.in_grace(now);
+    if held {
+        detector.held_between_ticks(key);
+    }
+    held
+}
+
+/// What a push storm does with a stepped wake-up's plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WakeHold {
+    /// The plan's growth is held back (the proxy counts as held at the next tick).
+    pub held: bool,
+    /// This wake-up completed a storm.
+    pub started: bool,
+}
+
+/// After a wake-up stepped `key` into `plan`: the wake-up counts toward a storm as a tick's
+/// plan does (out of `verified` proxies that count), and its growth is held while one lasts.
+/// It observes rather than [`hold_back`]s: that keeps which proxies the last tick held (a
+/// proxy throttled hard is held one tick at most), which a wake-up must not reset.
+pub(crate) fn hold_wake<T: StormCandidate>(
+    detector: &mut StormDetector,
+    now: Instant,
+    key: &str,
+    plan: &T,
+    verified: usize,
+    p: &PushStormPolicy,
+) -> WakeHold {
+    let wanting: &[&str] = if plan.wants_growth() && plan.counts() {
+        &[key]
+    } else {
+        &[]
+    };
+    let storm = detector.observe(now, wanting, verified, p);
+    let held = storm != Storm::Calm && plan.wants_growth();
+    if held {
+        detector.held_between_ticks(key);
+    }
+    WakeHold {
+        held,
+        started: storm == Storm::Started,
+    }
 }
 
 #[cfg(test)]
@@ -261,5 +313,97 @@ mod hold_back_tests {
         let t2 = t0 + Duration::from_secs(2);
         assert_eq!(hold_back(&mut d, t2, &mut tick, 6, &p), Storm::Ongoing);
         assert_eq!(tick.len(), 1);
+    }
+
+    #[test]
+    fn a_wake_up_completing_a_storm_is_held_and_counts_as_held_at_the_next_tick() {
+        let p = Policy::default().cpu.push_storm;
+        let mut d = StormDetector::default();
+        let t0 = Instant::now();
+        let mut tick = plans(2, SPIKE, "p");
+        assert_eq!(hold_back(&mut d, t0, &mut tick, 6, &p), Storm::Calm);
+        assert_eq!(tick.len(), 2, "two of six are no storm: they grow");
+        // A third proxy's trigger fires between ticks: with it, half the node wants more.
+        let urgent = Plan {
+            urgent: true,
+            ..SPIKE
+        };
+        let t = t0 + Duration::from_millis(300);
+        let hold = hold_wake(&mut d, t, "victim", &urgent, 6, &p);
+        assert_eq!(
+            hold,
+            WakeHold {
+                held: true,
+                started: true
+            }
+        );
+        // Its later wake-ups in the grace are held unstepped.
+        assert!(wake_in_grace(
+            &mut d,
+            t + Duration::from_millis(200),
+            "victim"
+        ));
+        // The next tick, still in the grace: held once already, the urgent one goes through.
+        let mut tick = plans(2, SPIKE, "p");
+        tick.push(("victim".into(), urgent));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(hold_back(&mut d, t1, &mut tick, 6, &p), Storm::Ongoing);
+        let keys: Vec<&str> = tick.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, vec!["victim"]);
+    }
+
+    #[test]
+    fn a_wake_up_does_not_reset_what_the_last_tick_held() {
+        let p = Policy::default().cpu.push_storm;
+        let mut d = StormDetector::default();
+        let t0 = Instant::now();
+        let urgent = Plan {
+            urgent: true,
+            ..SPIKE
+        };
+        let mut tick = plans(5, SPIKE, "p");
+        tick.push(("victim".into(), urgent));
+        assert_eq!(hold_back(&mut d, t0, &mut tick, 6, &p), Storm::Started);
+        // Another proxy's wake-up between the ticks, stepped into a plan that does not grow
+        // (no storm rule applies to it), then one into growth: held, in the storm.
+        let t = t0 + Duration::from_millis(500);
+        let quiet = Plan {
+            grow: false,
+            ..SPIKE
+        };
+        let hold = hold_wake(&mut d, t, "p0", &quiet, 6, &p);
+        assert!(!hold.held && !hold.started);
+        assert!(hold_wake(&mut d, t, "p1", &SPIKE, 6, &p).held);
+        // The victim was held by the last tick: it still goes through at the next one.
+        let mut tick = vec![("victim".to_string(), urgent)];
+        assert_eq!(
+            hold_back(&mut d, t0 + Duration::from_secs(1), &mut tick, 6, &p),
+            Storm::Ongoing
+        );
+        assert_eq!(tick.len(), 1);
+    }
+
+    #[test]
+    fn out_of_a_storm_a_wake_up_is_neither_held_in_grace_nor_held() {
+        let p = Policy::default().cpu.push_storm;
+        let mut d = StormDetector::default();
+        let t0 = Instant::now();
+        assert!(!wake_in_grace(&mut d, t0, "a"));
+        let hold = hold_wake(&mut d, t0, "a", &SPIKE, 6, &p);
+        assert_eq!(
+            hold,
+            WakeHold {
+                held: false,
+                started: false
+            }
+        );
+        // A process without a runtime identity never completes a storm by waking.
+        let by_name = Plan {
+            counts: false,
+            ..SPIKE
+        };
+        for k in ["b", "c", "d", "e"] {
+            assert!(!hold_wake(&mut d, t0, k, &by_name, 6, &p).held);
+        }
     }
 }
